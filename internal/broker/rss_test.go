@@ -1,0 +1,142 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// TestIdleConnectionRSS measures the broker's resident memory per idle
+// MQTT 3.1.1 connection (plain TCP and TLS), with the clients in a child
+// process. It runs only when FIELDHUB_MEASURE_RSS is set to the number of
+// connections (e.g. 2000); mind `ulimit -n`.
+func TestIdleConnectionRSS(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("FIELDHUB_MEASURE_RSS"))
+	if n <= 0 {
+		t.Skip("set FIELDHUB_MEASURE_RSS=<connections> to measure")
+	}
+	p := newTestPKI(t, "rss CA")
+	for _, kind := range []string{"tcp", "tls"} {
+		t.Run(kind, func(t *testing.T) {
+			cfg := p.brokerConfig()
+			cfg.TCPAddr = "127.0.0.1:0"
+			cfg.OpenPolicy = true
+			e := startEnv(t, cfg, "ok")
+			runtime.GC()
+			debug.FreeOSMemory()
+			before := rssBytes(t)
+			var m0, m1 runtime.MemStats
+			runtime.ReadMemStats(&m0)
+
+			cmd := exec.Command(os.Args[0], "-test.run=^TestRSSClientHelper$", "-test.timeout=120s")
+			cmd.Env = append(os.Environ(), fmt.Sprintf("FIELDHUB_RSS_CLIENT=%s,%s,%d", kind, e.addr(kind), n))
+			stdin, _ := cmd.StdinPipe()
+			stdout, _ := cmd.StdoutPipe()
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				stdin.Close()
+				done := make(chan error, 1)
+				go func() { done <- cmd.Wait() }()
+				select {
+				case <-done:
+				case <-time.After(10 * time.Second):
+					_ = cmd.Process.Kill()
+					<-done
+				}
+			}()
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, "ready") {
+				t.Fatalf("client helper: %q, %v", line, err)
+			}
+			eventually(t, "all connected", func() bool { return e.b.OnlineCount() >= n })
+			time.Sleep(time.Second)
+			for i := 0; i < 5; i++ { // each GC halves stacks using under a quarter of their size
+				runtime.GC()
+			}
+			debug.FreeOSMemory()
+			after := rssBytes(t)
+			runtime.ReadMemStats(&m1)
+			t.Logf("per connection: heap in use %.1f KiB, stacks %.1f KiB",
+				float64(m1.HeapInuse-m0.HeapInuse)/float64(n)/1024, float64(m1.StackInuse-m0.StackInuse)/float64(n)/1024)
+			if f := os.Getenv("FIELDHUB_RSS_HEAP_PROFILE"); f != "" {
+				if out, err := os.Create(f + "." + kind); err == nil {
+					_ = pprof.Lookup("heap").WriteTo(out, 0)
+					out.Close()
+				}
+			}
+			t.Logf("%s: %d idle connections: RSS %.1f MiB -> %.1f MiB: %.1f KiB per connection (goroutines %d)",
+				kind, n, float64(before)/(1<<20), float64(after)/(1<<20), float64(after-before)/float64(n)/1024, runtime.NumGoroutine())
+		})
+	}
+}
+
+// TestRSSClientHelper is the client side of TestIdleConnectionRSS.
+func TestRSSClientHelper(t *testing.T) {
+	spec := os.Getenv("FIELDHUB_RSS_CLIENT")
+	if spec == "" {
+		t.Skip("helper process only")
+	}
+	parts := strings.Split(spec, ",")
+	n, _ := strconv.Atoi(parts[2])
+	var conns []net.Conn
+	for i := 0; i < n; i++ {
+		c, err := net.DialTimeout("tcp", parts[1], testTimeout)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		if parts[0] == "tls" {
+			c = tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+		}
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 4,
+			Connect: packets.ConnectParams{
+				ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 600, ClientIdentifier: fmt.Sprintf("rss-%d", i),
+			},
+		}
+		var buf bytes.Buffer
+		if err := pk.ConnectEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(buf.Bytes()); err != nil {
+			t.Fatalf("connect %d: %v", i, err)
+		}
+		ack := make([]byte, 4)
+		_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+		if _, err := c.Read(ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+			t.Fatalf("connack %d: %x, %v", i, ack, err)
+		}
+		conns = append(conns, c)
+	}
+	fmt.Println("ready")
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n') // until the parent closes stdin
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func rssBytes(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		t.Skip("no /proc/self/statm")
+	}
+	f := strings.Fields(string(b))
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}

@@ -1,0 +1,106 @@
+package broker
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.golang/paho"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/fieldhub/fieldhub/topic"
+)
+
+// revoked is a VerifyClient refusal with a reason.
+type revoked struct{}
+
+func (revoked) Error() string         { return "certificate revoked" }
+func (revoked) RefusalReason() string { return "revoked" }
+
+func TestTLSClientCertificates(t *testing.T) {
+	p := newTestPKI(t, "fieldhub test CA")
+	cfg := p.brokerConfig()
+	cfg.VerifyClient = func(certs []*x509.Certificate) error {
+		if len(certs) < 2 || !certs[len(certs)-1].Equal(p.ca) {
+			return errors.New("VerifyClient got an unverified chain")
+		}
+		if certs[0].Subject.CommonName == "dev-revoked" {
+			return revoked{}
+		}
+		return nil
+	}
+	e := startEnv(t, cfg, "ok")
+	addr := e.addr("tls")
+
+	// A device certificate alone authenticates (no user name or password).
+	conn, err := tls.Dial("tcp", addr, p.clientTLS(p.clientCert(t, "dev-a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := dialV5(t, conn, &paho.Connect{ClientID: "dev-a", CleanStart: true})
+	if err != nil {
+		t.Fatalf("connect with a client certificate: %v", err)
+	}
+	if pr, err := c.publish(t, topic.Telemetry("dev-a"), 1, `{"data":{"t":1}}`); err != nil || pr.ReasonCode != 0 {
+		t.Fatalf("publish over TLS = %+v, %v", pr, err)
+	}
+	if certs := e.auth.seenCerts("dev-a"); len(certs) == 0 || certs[0].Subject.CommonName != "dev-a" {
+		t.Fatalf("Authenticate got peer certs %v; want dev-a's", certs)
+	}
+
+	// A password client over TLS without a certificate (mosquitto_pub --cafile … -u -P).
+	if _, err := dialV3(t, "ssl://"+addr, "dev-b", "dev-b", "pw-b", p.clientTLS()); err != nil {
+		t.Fatalf("password login over TLS without a client certificate: %v", err)
+	}
+
+	foreign := newTestPKI(t, "someone else's CA")
+	tests := []struct {
+		name   string
+		cert   tls.Certificate
+		reason string
+	}{
+		{"foreign CA", foreign.clientCert(t, "dev-c"), ReasonTLSUnknownCA},
+		{"expired", p.issue(t, "dev-c", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour), x509.ExtKeyUsageClientAuth), ReasonTLSExpired},
+		{"server-only usage", p.issue(t, "dev-c", time.Now().Add(-time.Hour), time.Now().Add(time.Hour), x509.ExtKeyUsageServerAuth), ReasonTLSBadCertificate},
+		{"revoked", p.clientCert(t, "dev-revoked"), "revoked"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// TLS 1.3 finishes the client's side of the handshake before the
+			// server checks the client certificate: the refusal shows as a
+			// failed CONNECT (an alert instead of CONNACK).
+			conn, err := tls.Dial("tcp", addr, p.clientTLS(tt.cert))
+			if err == nil {
+				_, _, err = dialV5(t, conn, &paho.Connect{ClientID: "dev-c", CleanStart: true})
+			}
+			if err == nil {
+				t.Fatal("connect succeeded")
+			}
+			eventually(t, "refusal counted", func() bool {
+				return testutil.ToFloat64(e.b.metrics.refusals.WithLabelValues(tt.reason)) == 1
+			})
+		})
+	}
+	if e.auth.seenCerts("dev-c") != nil || e.auth.seenCerts("dev-revoked") != nil {
+		t.Error("Authenticate saw a refused certificate")
+	}
+}
+
+func TestTLSWithoutClientCAs(t *testing.T) {
+	p := newTestPKI(t, "ca")
+	cfg := p.brokerConfig()
+	cfg.ClientCAs = nil
+	e := startEnv(t, cfg, "ok")
+	conn, err := tls.Dial("tcp", e.addr("tls"), p.clientTLS(p.clientCert(t, "dev-a")))
+	if err == nil {
+		_, _, err = dialV5(t, conn, &paho.Connect{ClientID: "dev-a", CleanStart: true})
+	}
+	if err == nil {
+		t.Fatal("client certificate accepted with no ClientCAs")
+	}
+	eventually(t, "refusal counted", func() bool {
+		return testutil.ToFloat64(e.b.metrics.refusals.WithLabelValues(ReasonTLSUnknownCA)) == 1
+	})
+}

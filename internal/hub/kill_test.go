@@ -1,0 +1,222 @@
+package hub_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/fieldhub/fieldhub/topic"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// fieldhubBinary builds cmd/fieldhub once per test run.
+func fieldhubBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "fieldhub-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "fieldhub")
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/fieldhub/fieldhub/cmd/fieldhub").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// serveProcess is `fieldhub serve` in a child process.
+type serveProcess struct {
+	cmd  *exec.Cmd
+	out  *strings.Builder
+	done chan struct{}
+}
+
+func startServe(t *testing.T, dir, mqttAddr, httpAddr, token string) *serveProcess {
+	t.Helper()
+	cmd := exec.Command(fieldhubBinary(t), "serve",
+		"--data", filepath.Join(dir, "data"),
+		"--master-key-file", filepath.Join(dir, "master.key"),
+		"--mqtt-addr", mqttAddr, "--mqtts-addr", "off", "--http-addr", httpAddr,
+		"--checkpoint-interval", "2s", "--log-level", "warn")
+	cmd.Env = append(os.Environ(), "FIELDHUB_ADMIN_TOKEN="+token)
+	p := &serveProcess{cmd: cmd, out: &strings.Builder{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { p.kill() })
+	eventually(t, 30*time.Second, "hub ready", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("fieldhub serve exited: %s", p.out)
+		default:
+		}
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return p
+}
+
+func (p *serveProcess) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// TestKill9DuringIngest kills the hub with SIGKILL while devices publish
+// QoS 1 telemetry, restarts it, lets the devices resend what was not
+// acknowledged (same seq), and checks that every acknowledged message is
+// stored exactly once.
+func TestKill9DuringIngest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills a hub process")
+	}
+	dir := t.TempDir()
+	mqttAddr, httpAddr := freePort(t), freePort(t)
+	token := "kill9-test-token-0123456789"
+	p := startServe(t, dir, mqttAddr, httpAddr, token)
+	h := &testHub{t: t, apiURL: "http://" + httpAddr}
+	h.tokenOverride = token
+
+	const devices, perDevice, window = 4, 1500, 8
+	type dev struct {
+		creds
+		acked   map[int]bool
+		pending map[int]bool // sent, not acknowledged
+		next    int
+	}
+	devs := make([]*dev, devices)
+	for i := range devs {
+		devs[i] = &dev{creds: h.addDevice(fmt.Sprintf("k9-%d", i), "password"), acked: map[int]bool{}, pending: map[int]bool{}, next: 1}
+	}
+	base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	payloadFor := func(seq int) []byte {
+		return []byte(fmt.Sprintf(`{"seq":%d,"ts":%d,"data":{"n":%d}}`, seq, base.Add(time.Duration(seq)*time.Millisecond).UnixMilli(), seq))
+	}
+	// session publishes until the connection breaks or everything is acked.
+	session := func(d *dev) {
+		c, _, err := dial5(t, mqttAddr, nil, d.ID, d.ID, d.Password)
+		if err != nil {
+			return
+		}
+		defer c.Disconnect(&paho.Disconnect{})
+		for {
+			var batch []int
+			for s := range d.pending { // resend the unacknowledged first
+				batch = append(batch, s)
+			}
+			for len(batch) < window && d.next <= perDevice {
+				batch = append(batch, d.next)
+				d.pending[d.next] = true
+				d.next++
+			}
+			if len(batch) == 0 {
+				return
+			}
+			var mu sync.Mutex
+			var wg sync.WaitGroup
+			failed := false
+			for _, s := range batch {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					resp, err := c.Publish(ctx, &paho.Publish{Topic: topic.Telemetry(d.ID), QoS: 1, Payload: payloadFor(s)})
+					mu.Lock()
+					defer mu.Unlock()
+					if err == nil && resp.ReasonCode == 0 {
+						d.acked[s] = true
+						delete(d.pending, s)
+					} else {
+						failed = true
+					}
+				}()
+			}
+			wg.Wait()
+			if failed {
+				return
+			}
+		}
+	}
+	run := func(stopAfter time.Duration) {
+		var wg sync.WaitGroup
+		for _, d := range devs {
+			wg.Add(1)
+			go func() { defer wg.Done(); session(d) }()
+		}
+		if stopAfter > 0 {
+			time.Sleep(stopAfter)
+			p.kill()
+		}
+		wg.Wait()
+	}
+	run(700 * time.Millisecond) // kill -9 mid-stream
+	ackedBefore := 0
+	for _, d := range devs {
+		ackedBefore += len(d.acked)
+	}
+	if ackedBefore == 0 || ackedBefore == devices*perDevice {
+		t.Fatalf("acked %d of %d before the kill; want some but not all", ackedBefore, devices*perDevice)
+	}
+	t.Logf("acknowledged before kill -9: %d of %d", ackedBefore, devices*perDevice)
+
+	startServe(t, dir, mqttAddr, httpAddr, token)
+	for round := 0; round < 5; round++ {
+		run(0)
+	}
+	for _, d := range devs {
+		if len(d.acked) != perDevice {
+			t.Fatalf("%s: %d of %d acknowledged after restart", d.ID, len(d.acked), perDevice)
+		}
+		got := h.telemetry(d.ID)["n"]
+		seen := map[int]int{}
+		for _, pt := range got {
+			seen[int(pt.Value.(float64))]++
+		}
+		for s := 1; s <= perDevice; s++ {
+			if seen[s] != 1 {
+				t.Errorf("%s: seq %d stored %d times; want exactly once", d.ID, s, seen[s])
+			}
+		}
+		if len(got) != perDevice {
+			t.Errorf("%s: stored %d points; want %d", d.ID, len(got), perDevice)
+		}
+	}
+}

@@ -1,0 +1,215 @@
+// Package sim simulates devices that publish realistic telemetry over real
+// MQTT connections. The demo uses it; later the fleet simulator grows here.
+package sim
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/fieldhub/fieldhub/payload"
+	"github.com/fieldhub/fieldhub/topic"
+)
+
+// Waveform produces a metric's value at elapsed time t.
+type Waveform interface {
+	Next(t time.Duration) payload.Value
+}
+
+// Sine is a slow oscillation plus Gaussian noise, rounded to Decimals.
+type Sine struct {
+	Mean, Amplitude, Noise float64
+	Period                 time.Duration
+	Decimals               int
+	Phase                  float64
+	rng                    *rand.Rand
+}
+
+// Next implements Waveform.
+func (s *Sine) Next(t time.Duration) payload.Value {
+	if s.rng == nil {
+		s.rng = rand.New(rand.NewPCG(rand.Uint64(), 0))
+	}
+	v := s.Mean + s.Amplitude*math.Sin(2*math.Pi*t.Seconds()/s.Period.Seconds()+s.Phase) + s.Noise*s.rng.NormFloat64()
+	return payload.NumberValue(round(v, s.Decimals))
+}
+
+// RandomWalk moves by a Gaussian step each sample, kept within [Min, Max].
+type RandomWalk struct {
+	Value, Step, Min, Max float64
+	Decimals              int
+	rng                   *rand.Rand
+}
+
+// Next implements Waveform.
+func (w *RandomWalk) Next(time.Duration) payload.Value {
+	if w.rng == nil {
+		w.rng = rand.New(rand.NewPCG(rand.Uint64(), 1))
+	}
+	w.Value += w.Step * w.rng.NormFloat64()
+	w.Value = math.Max(w.Min, math.Min(w.Max, w.Value))
+	return payload.NumberValue(round(w.Value, w.Decimals))
+}
+
+// Vibration is an RMS level with noise and, now and then, a spike: the
+// anomaly that rules and the edge pipeline are meant to catch.
+type Vibration struct {
+	Base, Noise, SpikeLevel float64
+	SpikeEvery              time.Duration // mean time between spikes
+	rng                     *rand.Rand
+}
+
+// Next implements Waveform.
+func (v *Vibration) Next(time.Duration) payload.Value {
+	if v.rng == nil {
+		v.rng = rand.New(rand.NewPCG(rand.Uint64(), 2))
+	}
+	x := v.Base + math.Abs(v.Noise*v.rng.NormFloat64())
+	if v.SpikeEvery > 0 && v.rng.Float64() < float64(time.Second)/float64(v.SpikeEvery) {
+		x = v.SpikeLevel * (1 + 0.2*v.rng.Float64())
+	}
+	return payload.NumberValue(round(x, 4))
+}
+
+func round(v float64, decimals int) float64 {
+	p := math.Pow10(decimals)
+	return math.Round(v*p) / p
+}
+
+// Metric is a named waveform.
+type Metric struct {
+	Name string
+	Wave Waveform
+}
+
+// Device is one simulated device.
+type Device struct {
+	ID       string
+	Password string
+	Metrics  []Metric
+}
+
+// DefaultMetrics returns a device's temperature, humidity and vibration.
+func DefaultMetrics(i int) []Metric {
+	return []Metric{
+		{"temperature", &Sine{Mean: 21 + float64(i%5), Amplitude: 2.5, Noise: 0.15, Period: 10 * time.Minute, Decimals: 2, Phase: float64(i)}},
+		{"humidity", &RandomWalk{Value: 45 + float64(i%7), Step: 0.3, Min: 20, Max: 90, Decimals: 1}},
+		{"vibration", &Vibration{Base: 0.02, Noise: 0.005, SpikeLevel: 0.9, SpikeEvery: 5 * time.Minute}},
+	}
+}
+
+// Config says where and how often devices publish.
+type Config struct {
+	Addr     string      // host:port of the broker
+	TLS      *tls.Config // nil for plain TCP
+	Interval time.Duration
+	Logger   *slog.Logger
+}
+
+// Run publishes d's telemetry at QoS 1 every cfg.Interval until ctx ends,
+// reconnecting with exponential backoff and jitter. A message whose
+// PUBACK did not arrive is sent again, with the same seq, after reconnect.
+func Run(ctx context.Context, cfg Config, d Device) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("device", d.ID)
+	// Counting from the boot time keeps seq increasing across restarts.
+	seq := uint64(time.Now().UnixMilli())
+	start := time.Now()
+	var pending []byte // the message not yet acknowledged
+	backoff := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		c, err := connect(ctx, cfg, d)
+		if err != nil {
+			wait := backoff/2 + rand.N(backoff)
+			log.Warn("connect failed; retrying", "err", err, "in", wait.Round(time.Millisecond))
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		backoff = 500 * time.Millisecond
+		err = publishLoop(ctx, c, cfg, d, &seq, start, &pending)
+		c.Disconnect(&paho.Disconnect{ReasonCode: 0})
+		if err != nil && ctx.Err() == nil {
+			log.Warn("connection lost", "err", err)
+		}
+	}
+	return nil
+}
+
+func connect(ctx context.Context, cfg Config, d Device) (*paho.Client, error) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var conn net.Conn
+	var err error
+	if cfg.TLS != nil {
+		conn, err = (&tls.Dialer{Config: cfg.TLS}).DialContext(dctx, "tcp", cfg.Addr)
+	} else {
+		conn, err = (&net.Dialer{}).DialContext(dctx, "tcp", cfg.Addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: conn})
+	ack, err := c.Connect(dctx, &paho.Connect{
+		ClientID: d.ID, Username: d.ID, UsernameFlag: true,
+		Password: []byte(d.Password), PasswordFlag: d.Password != "",
+		KeepAlive: 30, CleanStart: true,
+	})
+	if err != nil {
+		conn.Close()
+		if ack != nil {
+			return nil, fmt.Errorf("connect refused: reason 0x%02x %s", ack.ReasonCode, ack.Properties.ReasonString)
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+func publishLoop(ctx context.Context, c *paho.Client, cfg Config, d Device, seq *uint64, start time.Time, pending *[]byte) error {
+	t := time.NewTicker(cfg.Interval)
+	defer t.Stop()
+	for {
+		if *pending == nil {
+			*seq++
+			m := &payload.Message{Device: d.ID, Seq: *seq, HasSeq: true}
+			now := time.Now()
+			for _, mt := range d.Metrics {
+				m.Points = append(m.Points, payload.Point{Metric: mt.Name, TS: now.UnixNano(), Value: mt.Wave.Next(now.Sub(start))})
+			}
+			*pending = payload.EncodeTelemetry(m, true)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := c.Publish(pctx, &paho.Publish{Topic: topic.Telemetry(d.ID), QoS: 1, Payload: *pending})
+		cancel()
+		if err != nil {
+			return err
+		}
+		if resp != nil && resp.ReasonCode >= 0x80 {
+			// Refused for good: sending it again would be refused again.
+			*pending = nil
+			return errors.New("telemetry refused: " + resp.Properties.ReasonString)
+		}
+		*pending = nil
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.Done():
+			return errors.New("connection closed")
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,165 @@
+// Package store declares the small storage interfaces the hub is built on,
+// so that the embedded store and PostgreSQL are interchangeable. Each
+// backend passes the conformance suite in store/storetest.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/fieldhub/fieldhub/payload"
+)
+
+// Errors shared by every backend.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	ErrClosed   = errors.New("store closed")
+	// ErrTypeMismatch: a point's value kind differs from its metric's kind.
+	ErrTypeMismatch = errors.New("metric value type mismatch")
+)
+
+// Appender stores telemetry durably.
+type Appender interface {
+	// Append stores m and returns only once m is durable (it may share a
+	// commit with concurrent callers). A message whose (Device, Seq) was
+	// already stored is not stored again: Append reports duplicate=true
+	// and a nil error. Appending is atomic per message: all points or none.
+	Append(ctx context.Context, m *payload.Message) (duplicate bool, err error)
+}
+
+// AsyncAppender is an optional interface of an Appender that can pipeline:
+// AppendAsync queues m and calls done exactly once, from another goroutine,
+// when m is durable or has failed. Calls made in order for one device are
+// made durable and completed in that order.
+type AsyncAppender interface {
+	AppendAsync(m *payload.Message, done func(duplicate bool, err error))
+}
+
+// Agg is a downsampling aggregate.
+type Agg string
+
+// Aggregates accepted by Query.
+const (
+	AggNone  Agg = ""
+	AggAvg   Agg = "avg"
+	AggMin   Agg = "min"
+	AggMax   Agg = "max"
+	AggSum   Agg = "sum"
+	AggCount Agg = "count"
+	AggLast  Agg = "last"
+)
+
+// Valid reports whether a is a known aggregate.
+func (a Agg) Valid() bool {
+	switch a {
+	case AggNone, AggAvg, AggMin, AggMax, AggSum, AggCount, AggLast:
+		return true
+	}
+	return false
+}
+
+// Query selects points of one device in [From, To).
+type Query struct {
+	Device string
+	Metric string // "" for every metric of the device
+	From   int64  // Unix ns, inclusive
+	To     int64  // Unix ns, exclusive
+	// Step > 0 with Agg set downsamples into buckets [From+k*Step, From+(k+1)*Step).
+	Step int64
+	Agg  Agg
+	// Limit bounds the points (or buckets) returned; 0 means no limit.
+	// When more remain, Result.Next holds a cursor to pass as After.
+	Limit int
+	// After resumes a query from Result.Next.
+	After string
+}
+
+// Series is the answer for one metric, in time order.
+type Series struct {
+	Metric string
+	Kind   payload.ValueKind
+	// Points holds raw points, or one point per non-empty bucket (TS is the
+	// bucket's start) when the query downsampled. Aggregates other than last
+	// of bool or string metrics are refused with ErrTypeMismatch... except
+	// count, which works on every kind.
+	Points []payload.Point
+}
+
+// Result is the answer to a Query, series ordered by metric name.
+type Result struct {
+	Series []Series
+	Next   string // cursor for the rest, "" when complete
+}
+
+// Querier reads telemetry.
+type Querier interface {
+	Query(ctx context.Context, q Query) (Result, error)
+	// Latest returns the last point of each metric of the device, ordered by metric.
+	Latest(ctx context.Context, device string) ([]payload.Point, error)
+}
+
+// Telemetry is the whole telemetry store.
+type Telemetry interface {
+	Appender
+	Querier
+	// DeleteDevice removes every point and the dedup state of a device.
+	DeleteDevice(ctx context.Context, device string) error
+	// Close flushes and closes. Append after Close returns ErrClosed.
+	Close() error
+}
+
+// AuthKind is how a device proves its identity.
+type AuthKind string
+
+// Device authentication kinds.
+const (
+	AuthPassword    AuthKind = "password"
+	AuthCertificate AuthKind = "certificate"
+)
+
+// Device is a registry entry.
+type Device struct {
+	ID        string
+	Name      string
+	Labels    map[string]string
+	Gateway   string // id of the gateway this device sits behind, if any
+	Auth      AuthKind
+	CreatedAt time.Time
+	// PasswordHash is an encoded argon2id hash (AuthPassword).
+	PasswordHash string
+	// CertSerial and CertFingerprint identify the one certificate the
+	// device may use (AuthCertificate): hex serial, hex SHA-256 of the DER.
+	CertSerial      string
+	CertFingerprint string
+	CertNotAfter    time.Time
+	// CredentialsVersion increases at every rotation.
+	CredentialsVersion int
+	LastSeen           time.Time // zero when never seen
+}
+
+// ListOptions pages through devices in id order.
+type ListOptions struct {
+	After  string // list ids greater than this
+	Limit  int    // 0 means all
+	Prefix string // only ids with this prefix
+}
+
+// Registry stores devices.
+type Registry interface {
+	CreateDevice(ctx context.Context, d Device) error         // ErrExists
+	GetDevice(ctx context.Context, id string) (Device, error) // ErrNotFound
+	ListDevices(ctx context.Context, o ListOptions) ([]Device, error)
+	// UpdateDevice replaces the stored device d.ID. ErrNotFound.
+	UpdateDevice(ctx context.Context, d Device) error
+	DeleteDevice(ctx context.Context, id string) error // ErrNotFound
+	// SetLastSeen records presence times in bulk (best effort, not durable per call).
+	SetLastSeen(ctx context.Context, seen map[string]time.Time) error
+}
+
+// KV stores small named blobs (the CA's sealed keys and certificates).
+type KV interface {
+	Get(ctx context.Context, key string) ([]byte, error) // ErrNotFound
+	Put(ctx context.Context, key string, value []byte) error
+}

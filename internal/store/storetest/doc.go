@@ -1,0 +1,2 @@
+// Package storetest is the conformance suite every store backend runs.
+package storetest
