@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -28,12 +29,12 @@ type BaselineBroker struct {
 // StartBaseline starts a baseline broker on addr, which must be a loopback
 // address (the broker admits anyone); a port of 0 picks a free one.
 func StartBaseline(addr string, logger *slog.Logger) (*BaselineBroker, error) {
-	return startBaseline(addr, logger, new(allowHook))
+	return startBaseline(addr, logger, nil, new(allowHook))
 }
 
-// startBaseline starts the broker with the given hooks (tests add their
-// own).
-func startBaseline(addr string, logger *slog.Logger, hooks ...mqtt.Hook) (*BaselineBroker, error) {
+// startBaseline starts the broker with the given hooks and, when tlsConfig
+// is set, TLS (tests use both).
+func startBaseline(addr string, logger *slog.Logger, tlsConfig *tls.Config, hooks ...mqtt.Hook) (*BaselineBroker, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -43,6 +44,10 @@ func startBaseline(addr string, logger *slog.Logger, hooks ...mqtt.Hook) (*Basel
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("baseline broker: %w", err)
+	}
+	bound := ln.Addr()
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	// Deliberately 0 (no maximum): mochi's default of 24 h would stamp an
@@ -68,7 +73,7 @@ func startBaseline(addr string, logger *slog.Logger, hooks ...mqtt.Hook) (*Basel
 		_ = srv.Close()
 		return nil, fmt.Errorf("baseline broker: %w", err)
 	}
-	return &BaselineBroker{srv: srv, addr: ln.Addr()}, nil
+	return &BaselineBroker{srv: srv, addr: bound}, nil
 }
 
 // Addr returns the address the broker listens on.

@@ -234,7 +234,7 @@ type IngestResult struct {
 	Rate          float64 // target; 0 = unpaced
 	Metrics       int
 	PayloadFormat string
-	PayloadBytes  int // size of a typical PUBLISH packet, headers included
+	PacketBytes   int // size of a typical PUBLISH packet, headers included
 	Warmup        time.Duration
 	Duration      time.Duration // the timed window
 
@@ -390,8 +390,8 @@ func RunIngest(ctx context.Context, cfg IngestConfig) (IngestResult, error) {
 			res.Refused[code] += n
 			res.Errors += n
 		}
-		if res.PayloadBytes == 0 {
-			res.PayloadBytes = c.packetSize
+		if res.PacketBytes == 0 {
+			res.PacketBytes = c.packetSize
 		}
 	}
 	if cfg.QoS == 0 {

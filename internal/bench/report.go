@@ -34,7 +34,7 @@ func (r IngestResult) loadLine() string {
 	} else {
 		b.WriteString(", unpaced")
 	}
-	fmt.Fprintf(&b, ", %s %d metrics (%d B packets), %s", r.PayloadFormat, r.Metrics, r.PayloadBytes, r.Duration)
+	fmt.Fprintf(&b, ", %s %d metrics (%d B packets), %s", r.PayloadFormat, r.Metrics, r.PacketBytes, r.Duration)
 	if r.Warmup > 0 {
 		fmt.Fprintf(&b, " after %s warmup", r.Warmup)
 	}
@@ -174,7 +174,7 @@ func (r IngestResult) JSON() ([]byte, error) {
 	j := jsonResult{
 		Label: r.Label, Addr: r.Addr, Devices: r.Devices, Protocol: protoName(r.Protocol),
 		QoS: r.QoS, Inflight: r.Inflight, Rate: r.Rate, Metrics: r.Metrics,
-		PayloadFormat: r.PayloadFormat, PacketBytes: r.PayloadBytes,
+		PayloadFormat: r.PayloadFormat, PacketBytes: r.PacketBytes,
 		WarmupS: r.Warmup.Seconds(), DurationS: r.Duration.Seconds(),
 		Messages: r.Messages, Points: r.Points, Published: r.Published,
 		MsgsPerSec: round3(r.MsgsPerSec), PointsPerSec: round3(r.PointsPerSec),

@@ -399,6 +399,7 @@ func (b *Broker) Start(ctx context.Context) error {
 			for _, l := range b.listeners {
 				l.ln.Close()
 			}
+			b.listeners = nil
 			return fmt.Errorf("broker: adding listener %s: %w", l.id, err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -550,6 +551,21 @@ func TestOpenPolicy(t *testing.T) {
 	if len(got) != 1 || got[0].device != "sensor-1" {
 		t.Fatalf("ingested %+v; want one message of sensor-1", got)
 	}
+	// mochi's inline client id stays reserved.
+	if _, ca, err := dialV5(t, dialTCP(t, e.addr("tcp")), &paho.Connect{ClientID: "inline", CleanStart: true}); err == nil || ca == nil || ca.ReasonCode != 0x85 {
+		t.Fatalf("connect as %q = %+v, %v; want 0x85", "inline", ca, err)
+	}
+	if err := e.b.Publish("foo/after", []byte("x"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-sub.received:
+		if p.Topic != "foo/after" {
+			t.Errorf("received %s", p.Topic)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("hub publish not delivered")
+	}
 }
 
 func TestShutdown(t *testing.T) {
@@ -603,4 +619,63 @@ func TestShutdownDrainsAcks(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
+}
+
+func TestStartErrors(t *testing.T) {
+	e := startEnv(t, Config{}, "ok")
+	b2, err := New(Config{TCPAddr: "127.0.0.1:0", WSAddr: e.addr("tcp"), Logger: testLogger()}, e.auth, e.ing, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b2.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "ws") {
+		t.Fatalf("Start on a taken port = %v; want a bind error naming the ws listener", err)
+	}
+	if err := b2.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown after a failed Start: %v", err)
+	}
+
+	b3, err := New(Config{TCPAddr: "127.0.0.1:0", Logger: testLogger()}, e.auth, e.ing, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b3.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown before Start: %v", err)
+	}
+	if err := b3.Start(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Start after Shutdown = %v; want ErrClosed", err)
+	}
+}
+
+// TestShutdownStopsGoroutines: after Shutdown (and the clients' closes) no
+// broker goroutine is left.
+func TestShutdownStopsGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		e := &env{reg: nil, auth: newFakeAuth(testPasswords), ing: newRecIngester("ok")}
+		b, err := New(Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", Logger: testLogger()}, e.auth, e.ing, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		rc := rawConnect(t, b.Addr("tcp").String(), "dev-a", 5)
+		rc.publish(t, 1, topic.Telemetry("dev-a"), 1, `{}`)
+		if _, err := rc.read(t); err != nil {
+			t.Fatal(err)
+		}
+		c3, err := dialV3(t, "ws://"+b.Addr("ws").String()+WSPath, "dev-b", "dev-b", "pw-b", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		if err := b.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c3.waitLost(t)
+		rc.conn.Close()
+	}()
+	eventually(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= before })
 }

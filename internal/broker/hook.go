@@ -17,6 +17,7 @@ import (
 const (
 	ReasonAnonymous          = "anonymous"
 	ReasonClientIDMismatch   = "client_id_mismatch"
+	ReasonClientIDReserved   = "client_id_reserved" // mochi's inline client id, "inline"
 	ReasonWillNotAuthorized  = "will_not_authorized"
 	ReasonAuthUnavailable    = "auth_unavailable"
 	ReasonRefused            = "refused" // an Authenticator error without RefusalReason
@@ -72,6 +73,10 @@ func (h *hook) Provides(b byte) bool {
 // 0x88/0x03 unavailable) and end the connection by returning an error.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b := h.b
+	if cl.ID == mqtt.InlineClientId {
+		// A client with the inline client's id would take its session over.
+		return h.refuse(cl, ReasonClientIDReserved, codeClientID, nil)
+	}
 	if b.cfg.OpenPolicy {
 		if pk.Connect.WillFlag && checkTopicShape(pk.Connect.WillTopic) != nil {
 			return h.refuse(cl, ReasonWillNotAuthorized, codeNotAuthorized, nil)

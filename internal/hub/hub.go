@@ -123,7 +123,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		Retention:          time.Duration(cfg.Retention),
 		DedupWindow:        cfg.DedupWindow,
 		CheckpointInterval: time.Duration(cfg.CheckpointInterval),
-		Logger:             h.log.With("component", "tsdb"),
+		Logger:             h.log,
 		Registerer:         h.reg,
 	})
 	if err != nil {
@@ -149,9 +149,11 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 			_, err := h.ca.VerifyClient(certs, time.Now())
 			return err
 		},
-		OpenPolicy:    cfg.InsecureOpenPolicy,
-		MaxPacketSize: uint32(cfg.MaxPayloadBytes + 4096),
-		Logger:        h.log.With("component", "broker"),
+		OpenPolicy: cfg.InsecureOpenPolicy,
+		// Payloads a little over the limit get a reasoned refusal
+		// (too_large); far larger packets are cut off by the broker.
+		MaxPacketSize: uint32(max(256<<10, 2*cfg.MaxPayloadBytes)),
+		Logger:        h.log,
 		Registerer:    h.reg,
 	}, h.devices, h.ingest, h.presence)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -114,7 +115,8 @@ func TestKill9DuringIngest(t *testing.T) {
 	h := &testHub{t: t, apiURL: "http://" + httpAddr}
 	h.tokenOverride = token
 
-	const devices, perDevice, window = 4, 1500, 8
+	const devices, perDevice, window = 4, 5000, 8
+	var ackedTotal atomic.Int64
 	type dev struct {
 		creds
 		acked   map[int]bool
@@ -164,6 +166,7 @@ func TestKill9DuringIngest(t *testing.T) {
 					if err == nil && resp.ReasonCode == 0 {
 						d.acked[s] = true
 						delete(d.pending, s)
+						ackedTotal.Add(1)
 					} else {
 						failed = true
 					}
@@ -175,19 +178,19 @@ func TestKill9DuringIngest(t *testing.T) {
 			}
 		}
 	}
-	run := func(stopAfter time.Duration) {
+	run := func(killAt int64) {
 		var wg sync.WaitGroup
 		for _, d := range devs {
 			wg.Add(1)
 			go func() { defer wg.Done(); session(d) }()
 		}
-		if stopAfter > 0 {
-			time.Sleep(stopAfter)
+		if killAt > 0 {
+			eventually(t, time.Minute, "messages acknowledged before the kill", func() bool { return ackedTotal.Load() >= killAt })
 			p.kill()
 		}
 		wg.Wait()
 	}
-	run(700 * time.Millisecond) // kill -9 mid-stream
+	run(devices * perDevice / 3) // kill -9 mid-stream
 	ackedBefore := 0
 	for _, d := range devs {
 		ackedBefore += len(d.acked)

@@ -28,7 +28,7 @@ const maxCSRSize = 64 << 10
 
 // Issued describes a device certificate just issued.
 type Issued struct {
-	CertPEM     []byte
+	CertPEM     []byte // the device certificate, then the issuing CA certificate
 	Serial      string // lowercase hex
 	Fingerprint string // lowercase hex SHA-256 of the DER
 	NotAfter    time.Time
@@ -147,7 +147,10 @@ func (ca *CA) issueAt(pub crypto.PublicKey, deviceID string, notBefore, notAfter
 	}
 	ca.logger.Debug("issued device certificate", "device", deviceID, "serial", serialHex(cert), "not_after", cert.NotAfter)
 	return Issued{
-		CertPEM:     certPEM(der),
+		// The chain a client presents: leaf, then the issuing CA, so that
+		// clients which pick a certificate by the server's list of
+		// acceptable CAs (the root) find it.
+		CertPEM:     append(certPEM(der), certPEM(ca.issuing.Raw)...),
 		Serial:      serialHex(cert),
 		Fingerprint: Fingerprint(cert),
 		NotAfter:    cert.NotAfter,

@@ -195,13 +195,13 @@ func publishLoop(ctx context.Context, c *paho.Client, cfg Config, d Device, seq 
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		resp, err := c.Publish(pctx, &paho.Publish{Topic: topic.Telemetry(d.ID), QoS: 1, Payload: *pending})
 		cancel()
-		if err != nil {
-			return err
-		}
 		if resp != nil && resp.ReasonCode >= 0x80 {
 			// Refused for good: sending it again would be refused again.
 			*pending = nil
 			return errors.New("telemetry refused: " + resp.Properties.ReasonString)
+		}
+		if err != nil {
+			return err
 		}
 		*pending = nil
 		select {
