@@ -49,8 +49,9 @@ type Ingester interface {
 	// exactly once, possibly from another goroutine and possibly before
 	// returning, when the data is durable (nil), refused (an error matching
 	// payload.ErrRefused or store.ErrTypeMismatch), or failed (any other
-	// error). Calls for one device complete in call order. done must not
-	// block for long: it runs on the Ingester's goroutine.
+	// error). The broker acks in receive order per connection whatever the
+	// completion order. done must not block: it runs on the Ingester's
+	// goroutine (the broker writes acks from its own goroutines).
 	Ingest(device string, payload []byte, done func(err error))
 }
 
