@@ -44,11 +44,18 @@ func invalid(field, format string, args ...any) error {
 	return &ValidationError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
+// ReservedID is the client id of the broker's in-process client; no
+// device may take it.
+const ReservedID = "inline"
+
 // validate checks everything about req that needs no store access and
 // returns the auth kind to use.
 func validate(req CreateRequest) (store.AuthKind, error) {
 	if !topic.ValidDeviceID(req.ID) {
 		return "", invalid("id", "must be 1 to %d characters of A-Z a-z 0-9 . _ : -", topic.MaxDeviceIDLength)
+	}
+	if req.ID == ReservedID {
+		return "", invalid("id", "%q is reserved for the hub's own MQTT client", ReservedID)
 	}
 	if err := checkText("name", req.Name); err != nil {
 		return "", err
