@@ -17,8 +17,9 @@ import (
 //	FIELDHUB_BENCH_MEASURE=1 go test -run TestMeasureIngest -v ./internal/bench
 //
 // FIELDHUB_BENCH_DURATION (default 10s), FIELDHUB_BENCH_PROTOCOL (4 or 5),
-// FIELDHUB_BENCH_DEVICES (default 10) and FIELDHUB_BENCH_TARGETS (default
-// "mochi,mosquitto") change the run.
+// FIELDHUB_BENCH_DEVICES (default 10), FIELDHUB_BENCH_RATE (msgs/s, default
+// unpaced), FIELDHUB_BENCH_WRITE_BATCH (default 0) and FIELDHUB_BENCH_TARGETS
+// (default "mochi,mosquitto"; also "mosquitto-nodelay") change the run.
 func TestMeasureIngest(t *testing.T) {
 	if os.Getenv("FIELDHUB_BENCH_MEASURE") == "" {
 		t.Skip("set FIELDHUB_BENCH_MEASURE=1 to measure")
@@ -55,13 +56,21 @@ func TestMeasureIngest(t *testing.T) {
 		}
 		rate = r
 	}
+	var batch int
+	if s := os.Getenv("FIELDHUB_BENCH_WRITE_BATCH"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch = n
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*duration+time.Minute)
 	defer cancel()
 
 	run := func(label string, p *Process, devs []Device) IngestResult {
 		defer p.Stop()
 		res, err := RunIngest(ctx, IngestConfig{
-			Label: label, Addr: p.Addr, Devices: devs, Protocol: protocol, Rate: rate,
+			Label: label, Addr: p.Addr, Devices: devs, Protocol: protocol, Rate: rate, WriteBatch: batch,
 			Warmup: 2 * time.Second, Duration: duration, ServerPID: p.PID, Logger: testLogger(t),
 		})
 		if err != nil {

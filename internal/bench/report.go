@@ -29,6 +29,9 @@ func (r IngestResult) loadLine() string {
 	if r.QoS > 0 {
 		fmt.Fprintf(&b, ", inflight %d", r.Inflight)
 	}
+	if r.WriteBatch > 0 {
+		fmt.Fprintf(&b, ", ≤%d msgs per write", r.WriteBatch)
+	}
 	if r.Rate > 0 {
 		fmt.Fprintf(&b, ", paced at %s msgs/s", count(int64(r.Rate)))
 	} else {
@@ -142,6 +145,7 @@ type jsonResult struct {
 	QoS            byte             `json:"qos"`
 	Inflight       int              `json:"inflight"`
 	Rate           float64          `json:"rate_target,omitempty"`
+	WriteBatch     int              `json:"write_batch,omitempty"`
 	Metrics        int              `json:"metrics"`
 	PayloadFormat  string           `json:"payload_format"`
 	PacketBytes    int              `json:"packet_bytes"`
@@ -173,7 +177,7 @@ func (r IngestResult) JSON() ([]byte, error) {
 	ms := func(d time.Duration) float64 { return round3(float64(d) / float64(time.Millisecond)) }
 	j := jsonResult{
 		Label: r.Label, Addr: r.Addr, Devices: r.Devices, Protocol: protoName(r.Protocol),
-		QoS: r.QoS, Inflight: r.Inflight, Rate: r.Rate, Metrics: r.Metrics,
+		QoS: r.QoS, Inflight: r.Inflight, Rate: r.Rate, WriteBatch: r.WriteBatch, Metrics: r.Metrics,
 		PayloadFormat: r.PayloadFormat, PacketBytes: r.PacketBytes,
 		WarmupS: r.Warmup.Seconds(), DurationS: r.Duration.Seconds(),
 		Messages: r.Messages, Points: r.Points, Published: r.Published,

@@ -1,12 +1,255 @@
 package cli
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/fieldhub/fieldhub/internal/bench"
 )
 
 func benchCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Reproducible benchmarks that print figures"}
+	cmd.AddCommand(benchIngestCmd(stdout, stderr), baselineBrokerCmd(stdout, stderr))
 	return cmd
+}
+
+type ingestFlags struct {
+	devices, inflight, writeBatch, protocol, qos int
+	duration, warmup                             time.Duration
+	rate                                         float64
+	format, baseline, baselineAddr, jsonOut      string
+	baselineUser, baselinePassword               string
+}
+
+func benchIngestCmd(stdout, stderr io.Writer) *cobra.Command {
+	var f ingestFlags
+	cmd := &cobra.Command{
+		Use:   "ingest",
+		Short: "Durable QoS 1 ingest: N devices on real MQTT connections, beside a baseline broker in the same run",
+		Long: `Starts a hub (fieldhub serve) in its own process on loopback with a fresh data folder,
+registers N devices, and has them publish QoS 1 telemetry as fast as the acks allow (or at --rate)
+for --duration. Prints messages/s, points/s, publish→ack p50/p99 and the hub's CPU per 1,000 messages.
+
+--baseline runs the same load against a broker with no ingest behind it, in the same run:
+  mochi      the bare embedded broker (mochi-mqtt) in its own process
+  mosquitto  a local Mosquitto with the same devices' passwords and a per-device ACL
+  none       no baseline
+or --baseline-addr HOST:PORT for an external broker (with --baseline-user/--baseline-password,
+else anonymous), and prints the ratio.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBenchIngest(cmd.Context(), f, stdout, stderr)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.devices, "devices", 10, "simulated devices, one connection each")
+	fl.DurationVar(&f.duration, "duration", 10*time.Second, "measured time")
+	fl.DurationVar(&f.warmup, "warmup", 2*time.Second, "unmeasured time before")
+	fl.IntVar(&f.inflight, "inflight", 64, "unacknowledged messages per connection")
+	fl.IntVar(&f.writeBatch, "write-batch", 0, "messages per socket write (0: the free window; 1: one write per message)")
+	fl.Float64Var(&f.rate, "rate", 0, "total messages/s to send (0: as fast as acks allow)")
+	fl.IntVar(&f.protocol, "protocol", 4, "MQTT protocol level: 4 (3.1.1) or 5")
+	fl.IntVar(&f.qos, "qos", 1, "0 or 1")
+	fl.StringVar(&f.format, "format", "json", "payload format: json or senml")
+	fl.StringVar(&f.baseline, "baseline", "mosquitto", "baseline broker: mochi, mosquitto or none")
+	fl.StringVar(&f.baselineAddr, "baseline-addr", "", "an external baseline broker at HOST:PORT (overrides --baseline)")
+	fl.StringVar(&f.baselineUser, "baseline-user", "", "username for --baseline-addr")
+	fl.StringVar(&f.baselinePassword, "baseline-password", "", "password for --baseline-addr")
+	fl.StringVar(&f.jsonOut, "json", "", "also write the results as JSON to this file")
+	return cmd
+}
+
+func runBenchIngest(ctx context.Context, f ingestFlags, stdout, stderr io.Writer) error {
+	if f.devices < 1 || f.devices > 10000 {
+		return usageError{errors.New("--devices: want 1..10000")}
+	}
+	if f.protocol != 4 && f.protocol != 5 {
+		return usageError{errors.New("--protocol: want 4 or 5")}
+	}
+	qos := byte(1)
+	switch f.qos {
+	case 0:
+		qos = bench.QoSAtMostOnce
+	case 1:
+	default:
+		return usageError{errors.New("--qos: want 0 or 1")}
+	}
+	log := newLogger(stderr, "warn", "text")
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "fieldhub-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	mqttAddr, err := bench.FreePort()
+	if err != nil {
+		return err
+	}
+	httpAddr, err := bench.FreePort()
+	if err != nil {
+		return err
+	}
+	raw := make([]byte, 16)
+	rand.Read(raw)
+	token := hex.EncodeToString(raw)
+	hubProc, err := bench.StartProcess(ctx, bench.ProcessConfig{
+		Path: exe,
+		Args: []string{"serve", "--data", filepath.Join(dir, "data"), "--master-key-file", filepath.Join(dir, "master.key"),
+			"--mqtt-addr", mqttAddr, "--mqtts-addr", "off", "--http-addr", httpAddr, "--log-level", "warn"},
+		Env:          []string{"FIELDHUB_ADMIN_TOKEN=" + token},
+		Addr:         mqttAddr,
+		StartTimeout: 30 * time.Second,
+		Logger:       log,
+	})
+	if err != nil {
+		return fmt.Errorf("starting the hub: %w", err)
+	}
+	defer hubProc.Stop()
+
+	devs := bench.Devices(f.devices, "bench")
+	api := &apiClient{base: "http://" + httpAddr, token: token, http: &http.Client{Timeout: 30 * time.Second}}
+	for i := range devs {
+		var d deviceJSON
+		if err := api.do(ctx, http.MethodPost, "/api/v1/devices", map[string]any{"id": devs[i].ID}, &d); err != nil {
+			return fmt.Errorf("registering %s: %w", devs[i].ID, err)
+		}
+		devs[i].Username, devs[i].Password = devs[i].ID, d.Credentials.Password
+	}
+	run := func(label, addr string, pid int, devices []bench.Device) (bench.IngestResult, error) {
+		fmt.Fprintf(stderr, "running %s: %d devices, %s after %s warm-up…\n", label, len(devices), f.duration, f.warmup)
+		return bench.RunIngest(ctx, bench.IngestConfig{
+			Label: label, Addr: addr, Devices: devices, Protocol: byte(f.protocol),
+			Warmup: f.warmup, Duration: f.duration, Inflight: f.inflight, WriteBatch: f.writeBatch,
+			Rate: f.rate, QoS: qos, PayloadFormat: f.format, ServerPID: pid, Logger: log,
+		})
+	}
+	hubRes, err := run("fieldhub (durable)", mqttAddr, hubProc.PID, devs)
+	if err != nil {
+		return fmt.Errorf("fieldhub run: %w", err)
+	}
+	// Cross-check with the hub's own counters: everything acknowledged in
+	// the window (and the warm-up before it) must have been stored.
+	stored, err := scrapeCounter(ctx, api, "fieldhub_telemetry_messages_total", `result="stored"`)
+	if err != nil {
+		return fmt.Errorf("reading the hub's metrics: %w", err)
+	}
+	hubProc.Stop()
+	if int64(stored) < hubRes.Messages {
+		return fmt.Errorf("the hub counts %d stored messages but acknowledged %d in the window: acknowledged data is missing", int64(stored), hubRes.Messages)
+	}
+
+	var base *bench.IngestResult
+	switch {
+	case f.baselineAddr != "":
+		bd := bench.Devices(f.devices, "bench")
+		for i := range bd {
+			bd[i].Username, bd[i].Password = f.baselineUser, f.baselinePassword
+		}
+		r, err := run("baseline "+f.baselineAddr, f.baselineAddr, 0, bd)
+		if err != nil {
+			return fmt.Errorf("baseline run: %w", err)
+		}
+		base = &r
+	case f.baseline == "mochi":
+		p, err := bench.StartProcess(ctx, bench.ProcessConfig{Path: exe, Args: []string{"bench", "baseline-broker", "--addr", "127.0.0.1:0"}, Logger: log})
+		if err != nil {
+			return fmt.Errorf("starting the baseline broker: %w", err)
+		}
+		defer p.Stop()
+		r, err := run("mochi-mqtt (no ingest)", p.Addr, p.PID, bench.Devices(f.devices, "bench"))
+		if err != nil {
+			return fmt.Errorf("baseline run: %w", err)
+		}
+		base = &r
+	case f.baseline == "mosquitto":
+		p, err := bench.StartMosquitto(ctx, bench.MosquittoConfig{Devices: devs, NoDelay: true, Logger: log})
+		if err != nil {
+			return fmt.Errorf("starting mosquitto (install Debian's mosquitto, or --baseline mochi|none): %w", err)
+		}
+		defer p.Stop()
+		r, err := run("mosquitto (in memory)", p.Addr, p.PID, devs)
+		if err != nil {
+			return fmt.Errorf("baseline run: %w", err)
+		}
+		base = &r
+	case f.baseline == "none":
+	default:
+		return usageError{fmt.Errorf("--baseline: want mochi, mosquitto or none, got %q", f.baseline)}
+	}
+	host, _ := os.Hostname()
+	fmt.Fprintf(stdout, "fieldhub bench ingest — %s, %d cores, %s\n", host, numCPU(), time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintf(stdout, "hub stored %d messages in all (warm-up included); %d acknowledged in the measured window\n", int64(stored), hubRes.Messages)
+	if base != nil {
+		bench.Compare(stdout, hubRes, *base)
+	} else {
+		hubRes.Table(stdout)
+	}
+	if f.jsonOut != "" {
+		out := map[string]any{"fieldhub": hubRes}
+		if base != nil {
+			out["baseline"] = base
+		}
+		b, err := jsonIndent(out)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(f.jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func baselineBrokerCmd(stdout, stderr io.Writer) *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:    "baseline-broker",
+		Short:  "A bare mochi-mqtt broker with no ingest (the ingest benchmark's baseline)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return bench.RunBaselineBroker(cmd.Context(), addr, stdout, newLogger(stderr, "warn", "text"))
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:0", "listen address (loopback)")
+	return cmd
+}
+
+// scrapeCounter reads one counter from the hub's /metrics text.
+func scrapeCounter(ctx context.Context, c *apiClient, name, labels string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	prefix := name + "{" + labels + "} "
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("%s{%s} not found", name, labels)
 }

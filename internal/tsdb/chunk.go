@@ -141,8 +141,12 @@ func (c *cols) normalize() {
 //	timestamps: byte e (every timestamp is a multiple of 10^e, e ≤ 18),
 //	            varint t0/10^e, varint first delta, varint delta-of-delta…
 //	numbers:    byte encoding
-//	            0 decimal delta:  byte k, varint v0·10^k, varint deltas…
-//	            1 decimal dod:    byte k, varint v0·10^k, varint first delta, varint delta-of-deltas…
+//	            0 decimal delta:  byte k, exceptions, varint v0·10^k, varint deltas…
+//	            1 decimal dod:    byte k, exceptions, varint v0·10^k, varint first delta,
+//	                              varint delta-of-deltas…
+//	              (exceptions: uvarint count, then per exception uvarint index delta and
+//	              8 bytes of raw bits (LE); they hold values that are no short decimal,
+//	              like -0, NaN or ±Inf, and repeat the previous integer in the stream)
 //	            2 XOR:            8 bytes of v0's bits (LE), then per value the XOR with the
 //	                              previous value: byte 0 when equal, else byte 0x40|lz<<3|tz
 //	                              followed by the 8-lz-tz meaningful bytes (lz/tz = leading/
@@ -195,6 +199,7 @@ func init() {
 type chunkEncoder struct {
 	body  []byte
 	ints  []int64
+	exc   []int
 	out   bytes.Buffer
 	level int
 	fw    *flate.Writer
@@ -320,24 +325,34 @@ func varintLen(x int64) int {
 }
 
 func (e *chunkEncoder) appendNumbers(dst []byte, vals []float64) []byte {
-	k, ok := 0, true
+	// The exponent is the largest of the values' smallest exponents; a
+	// value with none (-0, NaN, ±Inf, too many digits or too large) is an
+	// exception stored as raw bits, unless exceptions are common.
+	k, exc := 0, 0
 	for _, v := range vals {
-		if k, ok = decimalExp(v, k); !ok {
-			break
+		kv, ok := decimalExp(v, k)
+		if !ok {
+			exc++
+			continue
 		}
+		k = kv
 	}
-	if ok {
-		e.ints = e.ints[:0]
-		for _, v := range vals {
-			i, fits := decimalInt(v, k)
-			if !fits {
-				ok = false
-				break
-			}
-			e.ints = append(e.ints, i)
+	if exc*8 > len(vals) {
+		return appendXOR(dst, vals)
+	}
+	e.ints = e.ints[:0]
+	e.exc = e.exc[:0]
+	var prev int64
+	for i, v := range vals {
+		x, ok := decimalInt(v, k)
+		if !ok {
+			e.exc = append(e.exc, i)
+			x = prev // keep the integer stream smooth
 		}
+		e.ints = append(e.ints, x)
+		prev = x
 	}
-	if !ok {
+	if len(e.exc)*8 > len(vals) {
 		return appendXOR(dst, vals)
 	}
 	ints := e.ints
@@ -352,8 +367,19 @@ func (e *chunkEncoder) appendNumbers(dst []byte, vals []float64) []byte {
 			sizeDoD += varintLen(d - (ints[i-1] - ints[i-2]))
 		}
 	}
+	enc := byte(numDecimalDelta)
 	if sizeDoD < sizeDelta {
-		dst = append(dst, numDecimalDoD, byte(k))
+		enc = numDecimalDoD
+	}
+	dst = append(dst, enc, byte(k))
+	dst = binary.AppendUvarint(dst, uint64(len(e.exc)))
+	last := 0
+	for _, i := range e.exc {
+		dst = binary.AppendUvarint(dst, uint64(i-last))
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(vals[i]))
+		last = i
+	}
+	if enc == numDecimalDoD {
 		var prev, prevDelta int64
 		for i, x := range ints {
 			switch i {
@@ -371,8 +397,7 @@ func (e *chunkEncoder) appendNumbers(dst []byte, vals []float64) []byte {
 		}
 		return dst
 	}
-	dst = append(dst, numDecimalDelta, byte(k))
-	var prev int64
+	prev = 0
 	for _, x := range ints {
 		dst = binary.AppendVarint(dst, x-prev)
 		prev = x
@@ -637,6 +662,26 @@ func (r *reader) numbers(vals []float64) {
 			r.fail("decimal exponent")
 			return
 		}
+		nexc := r.uvarint()
+		if nexc > uint64(len(vals)) {
+			r.fail("exception count")
+			return
+		}
+		type exception struct {
+			i    int
+			bits uint64
+		}
+		var excs []exception
+		at := uint64(0)
+		for j := uint64(0); j < nexc && r.err == nil; j++ {
+			at += r.uvarint()
+			b := r.bytes(8)
+			if b == nil || at >= uint64(len(vals)) {
+				r.fail("exception")
+				return
+			}
+			excs = append(excs, exception{int(at), binary.LittleEndian.Uint64(b)})
+		}
 		div := pow10f[k]
 		var x, delta int64
 		for i := range vals {
@@ -656,6 +701,9 @@ func (r *reader) numbers(vals []float64) {
 				x += delta
 			}
 			vals[i] = float64(x) / div
+		}
+		for _, ex := range excs {
+			vals[ex.i] = math.Float64frombits(ex.bits)
 		}
 	case numXOR:
 		var prev uint64

@@ -256,3 +256,18 @@ func FuzzChunk(f *testing.F) {
 		decodeChunk(data)
 	})
 }
+
+func TestChunkDecimalExceptions(t *testing.T) {
+	n := 1000
+	c := cols{ts: seqTS(n, 0, 1e9), num: make([]float64, n)}
+	for i := range c.num {
+		c.num[i] = float64(i%200-100) / 100
+	}
+	c.num[3] = math.Copysign(0, -1)
+	c.num[500] = math.NaN()
+	c.num[999] = math.Inf(-1)
+	blob := roundTrip(t, payload.Number, c)
+	if len(blob) > 2*n {
+		t.Errorf("chunk with 3 exceptions is %d bytes for %d points; want the decimal encoding", len(blob), n)
+	}
+}

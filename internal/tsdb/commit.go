@@ -64,22 +64,24 @@ func (q *queue) wake() {
 
 // reserve takes a slot among MaxPending, waiting while none is free.
 func (db *DB) reserve() error {
-	if db.inflight.Add(1) <= int64(db.opts.MaxPending) {
-		return nil
+	max := int64(db.opts.MaxPending)
+	for {
+		if db.inflight.Add(1) <= max {
+			return nil
+		}
+		db.inflight.Add(-1)
+		db.q.mu.Lock()
+		db.waiting.Add(1)
+		for db.inflight.Load() >= max && !db.q.closed {
+			db.q.space.Wait()
+		}
+		db.waiting.Add(-1)
+		closed := db.q.closed
+		db.q.mu.Unlock()
+		if closed {
+			return fmt.Errorf("tsdb: append: %w", store.ErrClosed)
+		}
 	}
-	db.waiting.Add(1)
-	db.q.mu.Lock()
-	for db.inflight.Load() > int64(db.opts.MaxPending) && !db.q.closed {
-		db.q.space.Wait()
-	}
-	closed := db.q.closed
-	db.q.mu.Unlock()
-	db.waiting.Add(-1)
-	if closed {
-		db.release(1)
-		return fmt.Errorf("tsdb: append: %w", store.ErrClosed)
-	}
-	return nil
 }
 
 // release frees n slots.

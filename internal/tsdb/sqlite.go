@@ -23,7 +23,7 @@ const schema = `
 CREATE TABLE IF NOT EXISTS meta(
 	key   TEXT PRIMARY KEY,
 	value INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series(
 	id        INTEGER PRIMARY KEY,
 	device    TEXT NOT NULL,
@@ -45,8 +45,8 @@ CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks(series_id, min_ts, max_ts,
 CREATE TABLE IF NOT EXISTS dedup(
 	device TEXT PRIMARY KEY,
 	hwm    INTEGER NOT NULL,
-	window BLOB NOT NULL
-);
+	window BLOB NOT NULL -- small: fine without rowid
+) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta(key, value) VALUES ('format', 1), ('wal_start', 0);
 `
 
