@@ -3,10 +3,13 @@ package cli
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,7 +24,7 @@ import (
 
 func benchCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Reproducible benchmarks that print figures"}
-	cmd.AddCommand(benchIngestCmd(stdout, stderr), baselineBrokerCmd(stdout, stderr))
+	cmd.AddCommand(benchIngestCmd(stdout, stderr), benchConnectionsCmd(stdout, stderr), baselineBrokerCmd(stdout, stderr))
 	return cmd
 }
 
@@ -252,4 +255,99 @@ func scrapeCounter(ctx context.Context, c *apiClient, name, labels string) (floa
 		}
 	}
 	return 0, fmt.Errorf("%s{%s} not found", name, labels)
+}
+
+func benchConnectionsCmd(stdout, stderr io.Writer) *cobra.Command {
+	var (
+		conns, concurrency int
+		settle             time.Duration
+		withTLS, bare      bool
+	)
+	cmd := &cobra.Command{
+		Use:   "connections",
+		Short: "Idle connections one hub holds: RSS per connection and connects/s (plain TCP and TLS)",
+		Long: `Starts a hub in its own process (open policy, loopback) and opens --conns idle MQTT
+connections to it over plain TCP, then over TLS (--tls), reporting the hub's RSS growth per connection
+and the connect rate. A process here is capped near 20,000 descriptors, so measure at 10,000 and project.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			log := newLogger(stderr, "warn", "text")
+			host, _ := os.Hostname()
+			fmt.Fprintf(stdout, "fieldhub bench connections — %s, %d cores, %s\n", host, numCPU(), time.Now().UTC().Format(time.RFC3339))
+			kinds := []string{"tcp"}
+			if withTLS {
+				kinds = append(kinds, "tls")
+			}
+			// Each kind gets a fresh hub process, so that one measurement's
+			// memory is not counted in the next.
+			for _, kind := range kinds {
+				if err := benchHubConnections(ctx, exe, kind, conns, concurrency, settle, stdout, log); err != nil {
+					return err
+				}
+			}
+			if bare {
+				b, err := bench.StartProcess(ctx, bench.ProcessConfig{Path: exe, Args: []string{"bench", "baseline-broker", "--addr", "127.0.0.1:0"}, Logger: log})
+				if err != nil {
+					return err
+				}
+				defer b.Stop()
+				r, err := bench.RunConnections(ctx, bench.ConnConfig{Addr: b.Addr, Conns: conns, Concurrency: concurrency, Settle: settle, ServerPID: b.PID})
+				if err != nil {
+					return fmt.Errorf("bare mochi: %w", err)
+				}
+				r.Table(stdout, "bare mochi-mqtt, plain TCP")
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&conns, "conns", 10000, "idle connections to open")
+	f.IntVar(&concurrency, "concurrency", 64, "connects in flight")
+	f.DurationVar(&settle, "settle", 3*time.Second, "wait before reading RSS")
+	f.BoolVar(&withTLS, "tls", true, "also measure TLS connections")
+	f.BoolVar(&bare, "baseline", true, "also measure the bare mochi-mqtt broker")
+	return cmd
+}
+
+func benchHubConnections(ctx context.Context, exe, kind string, conns, concurrency int, settle time.Duration, stdout io.Writer, log *slog.Logger) error {
+	dir, err := os.MkdirTemp("", "fieldhub-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	mqttAddr, _ := bench.FreePort()
+	mqttsAddr, _ := bench.FreePort()
+	httpAddr, _ := bench.FreePort()
+	p, err := bench.StartProcess(ctx, bench.ProcessConfig{
+		Path: exe,
+		Args: []string{"serve", "--data", filepath.Join(dir, "data"), "--master-key-file", filepath.Join(dir, "master.key"),
+			"--insecure-open-policy", "--mqtt-addr", mqttAddr, "--mqtts-addr", mqttsAddr, "--http-addr", httpAddr, "--log-level", "error"},
+		Addr: mqttAddr, StartTimeout: 30 * time.Second, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("starting the hub: %w", err)
+	}
+	defer p.Stop()
+	cfg := bench.ConnConfig{Addr: mqttAddr, Conns: conns, Concurrency: concurrency, Settle: settle, ServerPID: p.PID}
+	label := "hub, plain TCP"
+	if kind == "tls" {
+		pem, err := os.ReadFile(filepath.Join(dir, "data", "ca.pem"))
+		if err != nil {
+			return err
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		cfg.Addr, cfg.TLS, label = mqttsAddr, &tls.Config{RootCAs: pool, ServerName: "localhost"}, "hub, TLS"
+	}
+	r, err := bench.RunConnections(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("%s: %w", label, err)
+	}
+	r.Table(stdout, label)
+	return nil
 }

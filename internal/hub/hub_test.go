@@ -83,6 +83,15 @@ func TestClientsPublishAndQuery(t *testing.T) {
 		pubs = append(pubs, publisher{cr.ID, v3(c, cr.ID)})
 	}
 
+	{
+		cr := h.addDevice("v3-websocket", "password")
+		c, err := dial3(t, "ws://"+h.Addr("ws").String()+"/mqtt", nil, cr.ID, cr.ID, cr.Password)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pubs = append(pubs, publisher{cr.ID, v3(c, cr.ID)})
+	}
+
 	const n = 25
 	base := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
 	for _, p := range pubs {
@@ -117,8 +126,8 @@ func TestClientsPublishAndQuery(t *testing.T) {
 		} `json:"devices"`
 	}
 	h.api("GET", "/api/v1/devices", nil, &list)
-	if len(list.Devices) != 4 {
-		t.Fatalf("listed %d devices; want 4", len(list.Devices))
+	if len(list.Devices) != len(pubs) {
+		t.Fatalf("listed %d devices; want %d", len(list.Devices), len(pubs))
 	}
 	for _, d := range list.Devices {
 		if !d.Online || d.LastSeen == nil {

@@ -173,8 +173,9 @@ const (
 
 	// maxChunkCount bounds the point count a decoder accepts.
 	maxChunkCount = 1 << 24
-	// minFlateBody is the body size below which compression is not tried.
-	minFlateBody = 48
+	// minFlateBody is the body size below which compression is not tried
+	// (small checkpoint chunks are merged by compaction anyway).
+	minFlateBody = 256
 	// maxStringChunkBody bounds the inflated body of a string chunk.
 	maxStringChunkBody = 256 << 20
 )

@@ -39,6 +39,7 @@ const (
 	DefaultCompactInterval    = 5 * time.Minute
 	DefaultMaxPending         = 1 << 16
 	DefaultMaxChunkPoints     = 100_000
+	maxDedupWindow            = 1 << 16
 	// closeCheckpointTimeout bounds the checkpoint Close makes; the WAL
 	// keeps whatever it does not finish.
 	closeCheckpointTimeout = 30 * time.Second
@@ -70,7 +71,8 @@ type Options struct {
 	// forever). Applied by the compaction loop and by Compact.
 	Retention time.Duration
 	// DedupWindow is the number of sequence numbers per device remembered
-	// below the highest (default 1024, rounded up to a multiple of 64).
+	// below the highest (default 1024, rounded up to a multiple of 64, at
+	// most 65536). It costs DedupWindow/4 bytes of memory per device.
 	DedupWindow int
 	// MaxPending bounds the messages queued for the committer; appends
 	// block when it is reached (default 65536).
@@ -105,6 +107,7 @@ func (o Options) withDefaults() Options {
 	if o.DedupWindow <= 0 {
 		o.DedupWindow = DefaultDedupWindow
 	}
+	o.DedupWindow = min(o.DedupWindow, maxDedupWindow)
 	o.DedupWindow = windowWords(o.DedupWindow) * 64
 	if o.MaxPending <= 0 {
 		o.MaxPending = DefaultMaxPending
@@ -234,6 +237,7 @@ type DB struct {
 
 	// ckMu serializes writers of SQLite.
 	ckMu sync.Mutex
+	shut bool // files closed (under ckMu)
 
 	failErr atomic.Pointer[error]
 	closed  atomic.Bool // Close has begun
@@ -434,6 +438,9 @@ func (db *DB) close(checkpoint bool) error {
 		}
 		cancel()
 	}
+	db.ckMu.Lock()
+	db.shut = true
+	db.ckMu.Unlock()
 	db.applyMu.Lock()
 	if err := db.wal.close(); err != nil {
 		errs = append(errs, fmt.Errorf("tsdb: closing wal: %w", err))
@@ -550,6 +557,10 @@ func (db *DB) submit(m *payload.Message, done func(bool, error), w *waiter) erro
 	e := entry{m: m, done: done, w: w}
 	if err := validate(m); err != nil {
 		e.kind, e.err = entDone, err
+		return db.push(&e, nil)
+	}
+	if len(m.Points) == 0 && !m.HasSeq {
+		e.kind = entDone // nothing to store
 		return db.push(&e, nil)
 	}
 	for {

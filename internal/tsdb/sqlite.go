@@ -193,9 +193,14 @@ func (db *DB) Checkpoint(ctx context.Context) error {
 	return db.checkpoint(ctx)
 }
 
+var errShut = fmt.Errorf("tsdb: %w", store.ErrClosed)
+
 func (db *DB) checkpoint(ctx context.Context) error {
 	db.ckMu.Lock()
 	defer db.ckMu.Unlock()
+	if db.shut {
+		return errShut
+	}
 	start := time.Now()
 	c, err := db.cut()
 	if err != nil {
@@ -232,12 +237,8 @@ func (db *DB) checkpoint(ctx context.Context) error {
 	db.updateWALStats()
 	db.applyMu.Unlock()
 	if len(old) > 0 {
-		rm := walWriter{dir: db.wal.dir, sizes: make(map[uint64]int64, len(old))}
-		for _, idx := range old {
-			rm.sizes[idx] = 0
-		}
-		if err := rm.removeBefore(c.seg); err != nil {
-			// Harmless: they are skipped at the next open.
+		if err := removeSegments(db.wal.dir, old); err != nil {
+			// Harmless: the next open removes them.
 			db.log.Warn("removing checkpointed wal segments", "err", err)
 		}
 	}
@@ -454,7 +455,9 @@ func (db *DB) compactAndRetain(ctx context.Context) error {
 		err = errors.Join(err, rerr)
 	}
 	db.ckMu.Lock()
-	if _, verr := db.wdb.ExecContext(ctx, `PRAGMA incremental_vacuum`); verr != nil {
+	if db.shut {
+		err = errors.Join(err, errShut)
+	} else if _, verr := db.wdb.ExecContext(ctx, `PRAGMA incremental_vacuum`); verr != nil {
 		err = errors.Join(err, fmt.Errorf("tsdb: incremental vacuum: %w", verr))
 	}
 	db.ckMu.Unlock()
@@ -587,6 +590,9 @@ func (db *DB) compact(ctx context.Context) error {
 func (db *DB) compactBatch(ctx context.Context, enc *chunkEncoder, groups []group) (done int, err error) {
 	db.ckMu.Lock()
 	defer db.ckMu.Unlock()
+	if db.shut {
+		return 0, errShut
+	}
 	tx, err := db.wdb.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("tsdb: compaction: %w", err)
@@ -676,6 +682,10 @@ func (db *DB) applyRetention(ctx context.Context) error {
 	}
 	cutoff := db.opts.Now().Add(-db.opts.Retention).UnixNano()
 	db.ckMu.Lock()
+	if db.shut {
+		db.ckMu.Unlock()
+		return errShut
+	}
 	res, err := db.wdb.ExecContext(ctx, `DELETE FROM chunks WHERE max_ts < ?`, cutoff)
 	db.ckMu.Unlock()
 	if err != nil {
@@ -716,6 +726,9 @@ func (db *DB) Vacuum(ctx context.Context) error {
 	}
 	db.ckMu.Lock()
 	defer db.ckMu.Unlock()
+	if db.shut {
+		return errShut
+	}
 	if _, err := db.wdb.ExecContext(ctx, `VACUUM`); err != nil {
 		return fmt.Errorf("tsdb: vacuum: %w", err)
 	}

@@ -803,3 +803,40 @@ func TestCloseDrainsAndRefuses(t *testing.T) {
 		t.Fatalf("%d stored; %d acknowledged", n, ok.Load())
 	}
 }
+
+// TestCloseWhileBusy closes the store while appends, checkpoints,
+// compactions and queries are running: nothing may panic or hang, and
+// every call made after Close fails cleanly.
+func TestCloseWhileBusy(t *testing.T) {
+	db := openT(t, t.TempDir(), Options{CheckpointInterval: time.Millisecond, CompactInterval: 2 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				var err error
+				switch g {
+				case 0:
+					_, err = db.Append(ctx, m("d", uint64(i+1), np("v", t0+int64(i), 1)))
+				case 1:
+					err = db.Checkpoint(ctx)
+				case 2:
+					err = db.Compact(ctx)
+				case 3:
+					_, err = db.Query(ctx, store.Query{Device: "d", From: 0, To: math.MaxInt64, Step: 1e12, Agg: store.AggCount})
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := db.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	wg.Wait()
+}

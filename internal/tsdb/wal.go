@@ -225,20 +225,15 @@ func (w *walWriter) write(b []byte) error {
 	return nil
 }
 
-// removeBefore deletes the segments numbered below idx.
-func (w *walWriter) removeBefore(idx uint64) error {
+// removeSegments deletes the given segments of dir and syncs dir.
+func removeSegments(dir string, idxs []uint64) error {
 	var errs []error
-	for s := range w.sizes {
-		if s >= idx {
-			continue
-		}
-		if err := os.Remove(filepath.Join(w.dir, segName(s))); err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, idx := range idxs {
+		if err := os.Remove(filepath.Join(dir, segName(idx))); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
-			continue
 		}
-		delete(w.sizes, s)
 	}
-	if err := syncDir(w.dir); err != nil {
+	if err := syncDir(dir); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
