@@ -164,6 +164,8 @@ func (a *API) storeError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusConflict, "exists", err.Error())
 	case errors.Is(err, registry.ErrInvalid), errors.Is(err, errBadRequest):
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+	case errors.Is(err, store.ErrInvalidQuery):
+		writeError(w, http.StatusBadRequest, "invalid_query", err.Error())
 	case errors.Is(err, store.ErrTypeMismatch):
 		writeError(w, http.StatusBadRequest, "type_mismatch", err.Error())
 	case errors.Is(err, context.Canceled):

@@ -50,6 +50,7 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 		{"bad limit", "GET", "/api/v1/devices/api-dev/telemetry?limit=100001", tok, "", 400, "limit"},
 		{"bad from", "GET", "/api/v1/devices/api-dev/telemetry?from=yesterday", tok, "", 400, "from"},
 		{"from after to", "GET", "/api/v1/devices/api-dev/telemetry?from=2000&to=1000", tok, "", 400, "before"},
+		{"bad cursor", "GET", "/api/v1/devices/api-dev/telemetry?cursor=not-a-cursor", tok, "", 400, "cursor"},
 		{"telemetry of unknown device", "GET", "/api/v1/devices/ghost/telemetry", tok, "", 404, "not found"},
 		{"unknown route", "GET", "/api/v1/nothing", tok, "", 404, "no such route"},
 	} {

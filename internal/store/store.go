@@ -18,6 +18,9 @@ var (
 	ErrClosed   = errors.New("store closed")
 	// ErrTypeMismatch: a point's value kind differs from its metric's kind.
 	ErrTypeMismatch = errors.New("metric value type mismatch")
+	// ErrInvalidQuery: a query the backend cannot answer as asked (a bad
+	// cursor, an aggregate that does not apply to the metric's kind).
+	ErrInvalidQuery = errors.New("invalid query")
 )
 
 // Appender stores telemetry durably.
@@ -79,11 +82,14 @@ type Query struct {
 // Series is the answer for one metric, in time order.
 type Series struct {
 	Metric string
-	Kind   payload.ValueKind
+	// Kind is the metric's kind for raw points and for AggLast; other
+	// aggregates are numbers.
+	Kind payload.ValueKind
 	// Points holds raw points, or one point per non-empty bucket (TS is the
-	// bucket's start) when the query downsampled. Aggregates other than last
-	// of bool or string metrics are refused with ErrTypeMismatch... except
-	// count, which works on every kind.
+	// bucket's start) when the query downsampled. Bool and string metrics
+	// support only AggCount and AggLast; other aggregates of them are
+	// refused with an error matching ErrTypeMismatch or ErrInvalidQuery.
+	// Series with no point in the range are left out.
 	Points []payload.Point
 }
 

@@ -28,7 +28,7 @@ var (
 	// unknown value kind, too large).
 	ErrInvalid = errors.New("tsdb: invalid message")
 	// ErrInvalidQuery: a malformed query or cursor.
-	ErrInvalidQuery = errors.New("tsdb: invalid query")
+	ErrInvalidQuery = fmt.Errorf("tsdb: %w", store.ErrInvalidQuery)
 )
 
 // Defaults of Options.
