@@ -39,9 +39,10 @@ const (
 	KindStatus            // devices/{id}/status, device → hub (retained, last will)
 	KindAlerts            // devices/{id}/alerts, device or edge → hub
 	KindOTA               // devices/{id}/ota/…, both directions
+	KindBatch             // devices/{gateway}/batch, gateway → hub: readings and alerts of its child devices
 )
 
-var kindNames = [...]string{"unknown", "telemetry", "command", "response", "twin_reported", "twin_desired", "status", "alerts", "ota"}
+var kindNames = [...]string{"unknown", "telemetry", "command", "response", "twin_reported", "twin_desired", "status", "alerts", "ota", "batch"}
 
 // String returns the kind's name as used in metrics labels.
 func (k Kind) String() string {
@@ -88,6 +89,8 @@ func (t Topic) String() string {
 		return Status(t.Device)
 	case KindAlerts:
 		return Alerts(t.Device)
+	case KindBatch:
+		return Batch(t.Device)
 	case KindOTA:
 		if t.Rest == "" {
 			return Prefix + "/" + t.Device + "/ota"
@@ -111,6 +114,10 @@ func TwinReported(id string) string { return Prefix + "/" + id + "/twin/reported
 
 // TwinDesired returns devices/{id}/twin/desired.
 func TwinDesired(id string) string { return Prefix + "/" + id + "/twin/desired" }
+
+// Batch returns devices/{gateway}/batch, where an edge gateway publishes
+// the readings and alerts of the devices behind it.
+func Batch(gateway string) string { return Prefix + "/" + gateway + "/batch" }
 
 // Status returns devices/{id}/status.
 func Status(id string) string { return Prefix + "/" + id + "/status" }
@@ -198,6 +205,8 @@ func Parse(s string) (Topic, error) {
 		t.Kind = KindTelemetry
 	case kind == "status" && !hasArg:
 		t.Kind = KindStatus
+	case kind == "batch" && !hasArg:
+		t.Kind = KindBatch
 	case kind == "alerts" && !hasArg:
 		t.Kind = KindAlerts
 	case kind == "twin" && arg == "reported":

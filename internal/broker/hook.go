@@ -289,6 +289,12 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}
 	b.presMu.Lock()
 	defer b.presMu.Unlock()
+	// mochi runs this hook after the CONNACK is written, so a newer
+	// connection with the same client id may already have taken the
+	// session over; then this one is not the device's any more.
+	if cur, ok := b.server.Clients.Get(cl.ID); ok && cur != cl {
+		return
+	}
 	b.online[device] = cl
 	if b.presence != nil {
 		b.presence.Connected(device, b.now())
