@@ -95,7 +95,9 @@ func DecodeTelemetry(b []byte, device string, now time.Time, lim Limits) (*Messa
 	var err error
 	switch d.peek() {
 	case '{':
-		err = d.object(device)
+		if err = d.object(device); err == nil {
+			err = d.end()
+		}
 	case '[':
 		err = d.senml()
 	case 0:
@@ -139,6 +141,12 @@ type decoder struct {
 	hasSeq bool
 	leaves []leaf
 	table  []int32 // the duplicate check's hash set
+
+	// batch is set while decoding a gateway batch: the object form also
+	// reads a "device" key, and leaves[base:] are the current reading's.
+	batch bool
+	base  int
+	rds   []reading // a batch's readings so far
 }
 
 // leaf is a decoded point whose strings are offsets into decoder.strs.
@@ -163,11 +171,13 @@ func (d *decoder) reset(b []byte, lim Limits, now time.Time) {
 	d.leaves = d.leaves[:0]
 	d.dev = [2]int{-1, -1}
 	d.seqN, d.hasSeq = 0, false
+	d.batch, d.base = false, 0
+	d.rds = d.rds[:0]
 }
 
 func (d *decoder) release() {
 	d.b = nil
-	if cap(d.strs)+cap(d.str)+cap(d.leaves)*64+cap(d.table)*4 > maxPooled {
+	if cap(d.strs)+cap(d.str)+cap(d.leaves)*64+cap(d.table)*4+cap(d.rds)*48 > maxPooled {
 		return
 	}
 	decoders.Put(d)
@@ -230,9 +240,11 @@ func newMessage(n int) *Message {
 	return &Message{Points: make([]Point, n)}
 }
 
-// finish checks the point count and refuses repeated (metric, time) pairs.
+// finish checks the point count and refuses repeated (metric, time) pairs
+// among the current message's leaves, d.leaves[d.base:].
 func (d *decoder) finish() error {
-	n := len(d.leaves)
+	leaves := d.leaves[d.base:]
+	n := len(leaves)
 	if n == 0 {
 		return refuse(ReasonEmpty, "no points")
 	}
@@ -240,7 +252,7 @@ func (d *decoder) finish() error {
 	if n <= 16 {
 		for i := 1; i < n; i++ {
 			for j := range i {
-				a, b := &d.leaves[i], &d.leaves[j]
+				a, b := &leaves[i], &leaves[j]
 				if a.ts == b.ts && string(name(a)) == string(name(b)) {
 					return refuse(ReasonBadMetric, "metric %q repeated", clip(name(a)))
 				}
@@ -260,8 +272,8 @@ func (d *decoder) finish() error {
 		d.table[i] = -1
 	}
 	mask := uint64(size - 1)
-	for i := range d.leaves {
-		l := &d.leaves[i]
+	for i := range leaves {
+		l := &leaves[i]
 		h := maphash.Bytes(hashSeed, name(l)) ^ uint64(l.ts)*0x9e3779b97f4a7c15
 		for j := h & mask; ; j = (j + 1) & mask {
 			k := d.table[j]
@@ -269,7 +281,7 @@ func (d *decoder) finish() error {
 				d.table[j] = int32(i)
 				break
 			}
-			if o := &d.leaves[k]; o.ts == l.ts && string(name(o)) == string(name(l)) {
+			if o := &leaves[k]; o.ts == l.ts && string(name(o)) == string(name(l)) {
 				return refuse(ReasonBadMetric, "metric %q repeated", clip(name(l)))
 			}
 		}
@@ -282,7 +294,7 @@ var hashSeed = maphash.MakeSeed()
 // addLeaf appends a point named d.path (already checked key by key) and
 // returns it for the caller to fill in.
 func (d *decoder) addLeaf(name []byte) (*leaf, error) {
-	if len(d.leaves) >= d.lim.MaxPoints {
+	if len(d.leaves)-d.base >= d.lim.MaxPoints {
 		return nil, refuse(ReasonTooManyPoints, "more than %d points", d.lim.MaxPoints)
 	}
 	if len(name) > d.lim.MaxMetricLen {

@@ -22,10 +22,16 @@ func EncodeTelemetry(m *Message, withTS bool) []byte {
 
 // AppendTelemetry is EncodeTelemetry appending to dst.
 func AppendTelemetry(dst []byte, m *Message, withTS bool) []byte {
+	return appendObject(dst, m, withTS, `"device_id":`)
+}
+
+// appendObject writes m in the object form, its device under deviceKey
+// (`"device_id":` or a batch reading's `"device":`).
+func appendObject(dst []byte, m *Message, withTS bool, deviceKey string) []byte {
 	dst = append(dst, '{')
 	sep := false
 	if m.Device != "" {
-		dst = append(dst, `"device_id":`...)
+		dst = append(dst, deviceKey...)
 		dst = appendString(dst, m.Device)
 		sep = true
 	}

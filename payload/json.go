@@ -11,9 +11,11 @@ const (
 	keyTS
 	keySeq
 	keyData
+	keyDevice // a batch reading's "device"
 )
 
-// object decodes the JSON object form; d.i is at '{'.
+// object decodes the JSON object form; d.i is at '{'. It stops after the
+// closing '}': the caller checks what follows.
 func (d *decoder) object(device string) error {
 	d.i++
 	d.ws()
@@ -39,22 +41,26 @@ func (d *decoder) object(device string) error {
 			bit = keySeq
 		case "data":
 			bit = keyData
-		default:
+		case "device":
+			if d.batch {
+				bit = keyDevice
+			}
+		}
+		if bit == 0 {
 			if high && !utf8.Valid(k) {
 				return d.malformed("invalid UTF-8 in key")
 			}
 			if err := d.skipValue(1); err != nil {
 				return err
 			}
-		}
-		if bit != 0 {
+		} else {
 			if seen&bit != 0 {
 				return d.malformed("repeated key \"" + string(k) + "\"")
 			}
 			seen |= bit
 		}
 		switch bit {
-		case keyDeviceID:
+		case keyDeviceID, keyDevice:
 			err = d.deviceID(device)
 		case keyTS:
 			ts, err = d.ts()
@@ -74,13 +80,10 @@ func (d *decoder) object(device string) error {
 			return err
 		}
 	}
-	if err := d.end(); err != nil {
-		return err
-	}
 	if !hasTS {
 		ts = d.now
 	}
-	for i := range d.leaves {
+	for i := d.base; i < len(d.leaves); i++ {
 		d.leaves[i].ts = ts
 	}
 	return nil
@@ -114,7 +117,9 @@ func (d *decoder) seq() error {
 	return nil
 }
 
-// deviceID reads device_id and checks it against the topic's device.
+// deviceID reads device_id (or a batch reading's device) and checks it
+// against the topic's device; when device is "" it keeps the first one and
+// checks a second against it.
 func (d *decoder) deviceID(device string) error {
 	if d.peek() != '"' {
 		return refuse(ReasonWrongType, "device_id is not a string")
@@ -125,6 +130,12 @@ func (d *decoder) deviceID(device string) error {
 	}
 	if high && !utf8.Valid(s) {
 		return d.malformed("invalid UTF-8 in string")
+	}
+	if device == "" && d.dev[0] >= 0 {
+		if kept := d.strs[d.dev[0]:d.dev[1]]; string(s) != string(kept) {
+			return refuse(ReasonDeviceMismatch, "device %q and device_id %q differ", clip(kept), clip(s))
+		}
+		return nil
 	}
 	if device == "" {
 		d.dev[0] = len(d.strs)

@@ -1,7 +1,9 @@
-// Package payload decodes and encodes fieldhub telemetry payloads (DESIGN
-// §3): the JSON object {"device_id","ts","seq","data"} and SenML (RFC 8428)
-// arrays. Decoders treat their input as hostile: every refusal is an
-// *Error whose Reason is a short, stable label used in metrics.
+// Package payload decodes and encodes fieldhub device payloads (DESIGN
+// §3): telemetry as the JSON object {"device_id","ts","seq","data"} or
+// SenML (RFC 8428) arrays, alerts, and the (optionally gzipped) batches of
+// readings and alerts an edge gateway publishes for the devices behind it.
+// Decoders treat their input as hostile: every refusal is an *Error whose
+// Reason is a short, stable label used in metrics.
 package payload
 
 import (

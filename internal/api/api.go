@@ -1,5 +1,5 @@
-// Package api serves the hub's REST API (DESIGN §4): devices, credentials
-// and telemetry queries as JSON over HTTP, behind a bearer token.
+// Package api serves the hub's REST API (DESIGN §4): devices, credentials,
+// telemetry queries and alerts as JSON over HTTP, behind a bearer token.
 package api
 
 import (
@@ -39,6 +39,7 @@ type Options struct {
 	AdminToken string
 	Registry   Registry
 	Telemetry  store.Querier
+	Alerts     AlertLister // nil leaves GET /api/v1/alerts out
 	Presence   Presence
 	CAPEM      []byte
 	Metrics    http.Handler // served at /metrics
@@ -94,6 +95,9 @@ func New(o Options) *API {
 	m.Handle("POST /api/v1/devices/{id}/credentials", auth(a.rotate))
 	m.Handle("GET /api/v1/devices/{id}/telemetry", auth(a.telemetry))
 	m.Handle("GET /api/v1/devices/{id}/telemetry/latest", auth(a.latest))
+	if o.Alerts != nil {
+		m.Handle("GET /api/v1/alerts", auth(a.alerts))
+	}
 	m.Handle("/api/", auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path)
 	}))

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"strings"
 
@@ -17,6 +18,7 @@ const (
 	DenyTooLong        = "too_long"        // longer than topic.MaxLength
 	DenyTooManyLevels  = "too_many_levels" // more levels than topic.MaxLevels
 	DenyInvalid        = "invalid"         // malformed name or filter
+	DenyNotGateway     = "not_gateway"     // own batch topic, but no device is behind this one
 )
 
 // Subscribe ACL for a device D (DESIGN §3: hub → device topics only). A
@@ -91,6 +93,96 @@ func readACL(device, f string) string {
 	// devices/D/+, twin/+, +/desired, commands/x/#…: they match device → hub
 	// topics or nothing useful; the table stays short and explicit.
 	return DenyNotAllowed
+}
+
+// Gateways (DESIGN §3, Config.Gateways). On top of its own topics, a
+// gateway G may
+//
+//	publish    devices/G/batch (only G, and only when devices are behind it)
+//	publish    devices/C/alerts, status, responses/{cid}, twin/reported
+//	subscribe  devices/C/commands/{name}, commands/+, commands/#,
+//	           twin/desired, and devices/C/# (delivering commands and
+//	           twin/desired only)
+//
+// for each child C registered behind it. Wildcards in the id level stay
+// denied ("devices/+/commands/#"): a gateway subscribes per child. Anything
+// else of another device is denied as foreign_device, children included;
+// a non-gateway's batch publish is not_gateway.
+
+// publishDenial is publishACL with the gateway rules: "" when device may
+// publish to name, else the denial reason. Registry lookups happen only
+// on the paths that publishACL denies (a gateway's batch or child topics).
+func (b *Broker) publishDenial(device, name string) string {
+	r := publishACL(device, name)
+	if r != DenyWrongDirection && r != DenyForeignDevice {
+		return r
+	}
+	t, err := topic.Parse(name)
+	if err != nil {
+		return r
+	}
+	if t.Device == device {
+		if t.Kind != topic.KindBatch {
+			return r
+		}
+		if b.batch == nil || !b.isGateway(device) {
+			return DenyNotGateway
+		}
+		return ""
+	}
+	switch t.Kind {
+	case topic.KindAlerts, topic.KindStatus, topic.KindResponse, topic.KindTwinReported:
+		if b.isChild(device, t.Device) {
+			return ""
+		}
+	}
+	return r
+}
+
+// readDenial is readACL with the gateway rules, for a filter or a
+// delivered topic name.
+func (b *Broker) readDenial(device, f string) string {
+	r := readACL(device, f)
+	if r != DenyForeignDevice || b.gateways == nil {
+		return r
+	}
+	var child string
+	if !strings.ContainsAny(f, "+#") {
+		t, err := topic.Parse(f)
+		if err != nil || (t.Kind != topic.KindCommand && t.Kind != topic.KindTwinDesired) {
+			return r
+		}
+		child = t.Device
+	} else {
+		child = topic.FilterDevice(f)
+		switch strings.TrimPrefix(f, topic.Prefix+"/"+child+"/") {
+		case "#", "commands/+", "commands/#":
+		default:
+			return r
+		}
+	}
+	if b.isChild(device, child) {
+		return ""
+	}
+	return r
+}
+
+func (b *Broker) isGateway(id string) bool {
+	if b.gateways == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), gatewayCheckTimeout)
+	defer cancel()
+	return b.gateways.IsGateway(ctx, id)
+}
+
+func (b *Broker) isChild(gateway, device string) bool {
+	if b.gateways == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), gatewayCheckTimeout)
+	defer cancel()
+	return b.gateways.IsChild(ctx, gateway, device)
 }
 
 // nameDenial classifies a topic.Parse error for device.

@@ -2,13 +2,17 @@
 // listeners that fieldhub owns (TCP, TLS, WebSocket, secure WebSocket), with
 // hooks that authenticate every CONNECT, enforce the device topic ACLs of
 // DESIGN §3 on every publish and subscribe, bound hostile topic filters
-// before mochi indexes them, and hand device telemetry to an Ingester.
+// before mochi indexes them, and hand device telemetry, gateway batches
+// and alerts to an Ingester. A gateway (Config.Gateways) may also act for
+// the devices registered behind it (see acl.go).
 //
-// A QoS 1 telemetry PUBLISH is acknowledged only once the Ingester reports it
-// durable ("an acknowledgement means durable", DESIGN §2.1), without making a
-// connection wait for one message before reading the next: acks are written
-// by the broker, in receive order per connection, when the Ingester's done
-// callbacks fire, and at most ReceiveMaximum messages per device are pending.
+// A QoS 1 telemetry, batch or alert PUBLISH is acknowledged only once the
+// Ingester reports it durable ("an acknowledgement means durable", DESIGN
+// §2.1), without making a connection wait for one message before reading
+// the next: acks are written by the broker, in receive order per
+// connection, when the Ingester's done callbacks fire, and at most
+// ReceiveMaximum messages per device (MaxPendingBatches batches per
+// gateway) are pending.
 package broker
 
 import (
@@ -55,6 +59,37 @@ type Ingester interface {
 	Ingest(device string, payload []byte, done func(err error))
 }
 
+// BatchIngester is an optional interface of the Ingester: it takes the
+// batches a gateway publishes on devices/{gateway}/batch (QoS 1 acked, as
+// telemetry is, only once done reports every reading durable). Its done
+// has Ingest's contract; a refusal error that also implements
+// NotAuthorized() bool returning true (a reading of a device that is not
+// the gateway's child) is answered 0x87 Not authorized instead of 0x99
+// (MQTT 5), and closes an MQTT 3.1.1 connection instead of being acked.
+// Without it, every publish on a batch topic is denied.
+type BatchIngester interface {
+	IngestBatch(gateway string, payload []byte, done func(err error))
+}
+
+// AlertIngester is an optional interface of the Ingester: it takes the
+// alerts published on devices/{id}/alerts (by the device or its gateway),
+// with Ingest's contract, so that a QoS 1 alert is acked only once it is
+// durable. Without it, alerts go on through the broker to subscribers.
+type AlertIngester interface {
+	IngestAlert(device string, payload []byte, done func(err error))
+}
+
+// Gateways tells which devices a gateway may act for (DESIGN §3). The
+// registry implements it. Both methods run on the ACL path of every
+// publish a gateway makes for a child and of every delivery to it: they
+// must answer from a cache, and answer false when in doubt.
+type Gateways interface {
+	// IsGateway reports whether id is a gateway (has devices behind it).
+	IsGateway(ctx context.Context, id string) bool
+	// IsChild reports whether device is registered behind gateway.
+	IsChild(ctx context.Context, gateway, device string) bool
+}
+
 // Presence is told when devices come and go. It is optional. Its methods are
 // called in order per device, under a lock: they must not block.
 type Presence interface {
@@ -72,7 +107,9 @@ const (
 	DefaultConnectTimeout     = 15 * time.Second
 	DefaultSessionExpiry      = 7 * 24 * time.Hour
 	DefaultMaxConcurrentAuth  = 64
+	DefaultMaxPendingBatches  = 64
 	authTimeout               = 10 * time.Second
+	gatewayCheckTimeout       = 5 * time.Second
 	netBufferSize             = 1024
 )
 
@@ -134,6 +171,17 @@ type Config struct {
 	// RefusalLogInterval: refusals and denials are logged at most once per
 	// device (or remote address) per reason per interval; default 1 min.
 	RefusalLogInterval time.Duration
+	// Gateways, when set, lets a gateway act for the devices registered
+	// behind it: publish its own devices/{gw}/batch, and for each child C
+	// publish devices/C/alerts, status, responses/{cid} and twin/reported
+	// and subscribe to devices/C/commands/… and twin/desired. When nil no
+	// device is a gateway. Ignored under OpenPolicy, which allows any topic.
+	Gateways Gateways
+	// MaxPendingBatches bounds the batches of one gateway handed to the
+	// BatchIngester and not yet completed (each may hold thousands of
+	// readings); beyond it the gateway's connection is not read until one
+	// completes. Default 64.
+	MaxPendingBatches int
 }
 
 // ErrInvalidConfig is wrapped by every configuration error from New.
@@ -161,13 +209,17 @@ type Broker struct {
 	cfg      Config
 	auth     Authenticator
 	ing      Ingester
+	batch    BatchIngester // nil when ing is not one
+	alerts   AlertIngester // nil when ing is not one
+	gateways Gateways      // nil when no device is a gateway
 	presence Presence
 	log      *slog.Logger
 	server   *mqtt.Server
 	hook     *hook
 	metrics  *metrics
 	limiter  *rateLimiter
-	slots    *slotTable
+	slots    *slotTable // pending telemetry and alerts per device
+	bslots   *slotTable // pending batches per gateway
 	tlsCfg   *tls.Config
 	authSem  chan struct{}
 	// authTimeout bounds the wait for an authentication slot plus
@@ -195,7 +247,8 @@ type Broker struct {
 }
 
 // New validates cfg and builds a Broker. auth may be nil only with
-// OpenPolicy; presence may be nil.
+// OpenPolicy; presence may be nil. ing may also implement BatchIngester and
+// AlertIngester.
 func New(cfg Config, auth Authenticator, ing Ingester, presence Presence) (*Broker, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -211,6 +264,7 @@ func New(cfg Config, auth Authenticator, ing Ingester, presence Presence) (*Brok
 		cfg:         cfg,
 		auth:        auth,
 		ing:         ing,
+		gateways:    cfg.Gateways,
 		presence:    presence,
 		log:         cfg.Logger.With("component", "broker"),
 		stopCh:      make(chan struct{}),
@@ -218,11 +272,14 @@ func New(cfg Config, auth Authenticator, ing Ingester, presence Presence) (*Brok
 		sessions:    make(map[*mqtt.Client]*session),
 		online:      make(map[string]*mqtt.Client),
 		slots:       newSlotTable(int(cfg.ReceiveMaximum)),
+		bslots:      newSlotTable(cfg.MaxPendingBatches),
 		authSem:     make(chan struct{}, cfg.MaxConcurrentAuth),
 		authTimeout: authTimeout,
 		now:         time.Now,
 	}
 	b.limiter = newRateLimiter(cfg.RefusalLogInterval, b.now)
+	b.batch, _ = ing.(BatchIngester)
+	b.alerts, _ = ing.(AlertIngester)
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	// 0 = no server-imposed expiry: mochi would otherwise delete retained
@@ -294,6 +351,11 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: MaxConcurrentAuth: %d is negative", ErrInvalidConfig, c.MaxConcurrentAuth)
 	} else if c.MaxConcurrentAuth == 0 {
 		c.MaxConcurrentAuth = DefaultMaxConcurrentAuth
+	}
+	if c.MaxPendingBatches < 0 {
+		return c, fmt.Errorf("%w: MaxPendingBatches: %d is negative", ErrInvalidConfig, c.MaxPendingBatches)
+	} else if c.MaxPendingBatches == 0 {
+		c.MaxPendingBatches = DefaultMaxPendingBatches
 	}
 	if c.MaxWritesPending < 0 {
 		return c, fmt.Errorf("%w: MaxWritesPending: %d is negative", ErrInvalidConfig, c.MaxWritesPending)

@@ -106,10 +106,11 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return h.refuse(cl, ReasonClientIDMismatch, codeClientID, nil)
 	}
 	// mochi publishes (and retains) a will without any ACL check: allow it
-	// only on the device's own device → hub topics, and not on telemetry,
-	// which would bypass ingest.
+	// only on the device's own device → hub topics, and not on telemetry or
+	// alerts, which would bypass ingest.
 	if pk.Connect.WillFlag {
-		if publishACL(device, pk.Connect.WillTopic) != "" || pk.Connect.WillTopic == topic.Telemetry(device) {
+		if publishACL(device, pk.Connect.WillTopic) != "" || pk.Connect.WillTopic == topic.Telemetry(device) ||
+			(b.alerts != nil && pk.Connect.WillTopic == topic.Alerts(device)) {
 			return h.refuse(cl, ReasonWillNotAuthorized, codeNotAuthorized, nil)
 		}
 	}
@@ -202,13 +203,13 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, name string, write bool) bool {
 		return true
 	}
 	if write {
-		if r := publishACL(cl.ID, name); r != "" {
+		if r := b.publishDenial(cl.ID, name); r != "" {
 			b.deny(cl, "publish", r, name)
 			return false
 		}
 		return true
 	}
-	return readACL(cl.ID, name) == ""
+	return b.readDenial(cl.ID, name) == ""
 }
 
 // OnPacketRead bounds SUBSCRIBE and UNSUBSCRIBE filters (length, levels,
@@ -245,16 +246,17 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 		if f.Filter == invalidFilterMarker {
 			continue
 		}
-		if r := readACL(cl.ID, f.Filter); r != "" {
+		if r := b.readDenial(cl.ID, f.Filter); r != "" {
 			b.deny(cl, "subscribe", r, f.Filter)
 		}
 	}
 	return pk
 }
 
-// OnPublish takes telemetry off mochi's normal path (see ingest.go); other
-// device topics go on through mochi to subscribers (the hub's services
-// subscribe through the inline client).
+// OnPublish takes telemetry, gateway batches and (with an AlertIngester)
+// alerts off mochi's normal path (see ingest.go); other device topics go
+// on through mochi to subscribers (the hub's services subscribe through
+// the inline client).
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	b := h.b
 	if cl.Net.Inline {
@@ -266,13 +268,35 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil
 	}
 	b.metrics.receivedKind(t.Kind)
-	if t.Kind != topic.KindTelemetry {
-		return pk, nil
+	switch t.Kind {
+	case topic.KindTelemetry:
+		if !b.cfg.OpenPolicy && t.Device != cl.ID {
+			return pk, packets.ErrRejectPacket // unreachable: the ACL ran first
+		}
+		return b.ingest(cl, pk, b.slots, t.Device, t.Kind, func(done func(error)) {
+			b.ing.Ingest(t.Device, pk.Payload, done)
+		})
+	case topic.KindBatch:
+		if b.batch == nil {
+			return pk, nil // only under OpenPolicy: the ACL denies it otherwise
+		}
+		if !b.cfg.OpenPolicy && t.Device != cl.ID {
+			return pk, packets.ErrRejectPacket // unreachable: the ACL ran first
+		}
+		return b.ingest(cl, pk, b.bslots, t.Device, t.Kind, func(done func(error)) {
+			b.batch.IngestBatch(t.Device, pk.Payload, done)
+		})
+	case topic.KindAlerts:
+		if b.alerts == nil {
+			return pk, nil
+		}
+		// t.Device is the client's own id or, as the ACL checked, one of
+		// the devices behind it.
+		return b.ingest(cl, pk, b.slots, t.Device, t.Kind, func(done func(error)) {
+			b.alerts.IngestAlert(t.Device, pk.Payload, done)
+		})
 	}
-	if !b.cfg.OpenPolicy && t.Device != cl.ID {
-		return pk, packets.ErrRejectPacket // unreachable: the ACL ran first
-	}
-	return b.ingest(cl, pk, t.Device)
+	return pk, nil
 }
 
 // OnSessionEstablished counts the connection and marks its device online.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/internal/store"
 	"github.com/fieldhub/fieldhub/payload"
+	"github.com/fieldhub/fieldhub/topic"
 )
 
 // Telemetry ingest and "ack means durable" with pipelining.
@@ -104,10 +105,13 @@ type session struct {
 	failed   bool       // an ingest failed: no more acks, the client is being closed
 }
 
-// pending is one telemetry message handed to the Ingester.
+// pending is one message (telemetry, batch or alert) handed to the
+// Ingester.
 type pending struct {
 	s        *session // nil unless QoS 1
-	device   string
+	slots    *slotTable
+	device   string     // the slot's key: the device, or the gateway of a batch
+	kind     topic.Kind // telemetry, batch or alerts
 	packetID uint16
 	start    time.Time
 	done     atomic.Bool
@@ -131,8 +135,10 @@ func (b *Broker) session(cl *mqtt.Client) *session {
 	return s
 }
 
-// ingest handles a telemetry PUBLISH of device from cl (mochi's OnPublish).
-func (b *Broker) ingest(cl *mqtt.Client, pk packets.Packet, device string) (packets.Packet, error) {
+// ingest handles a PUBLISH from cl that run hands to the Ingester (mochi's
+// OnPublish): telemetry or an alert of device, or a batch of gateway
+// device. It holds one of device's slots in slots until done.
+func (b *Broker) ingest(cl *mqtt.Client, pk packets.Packet, slots *slotTable, device string, kind topic.Kind, run func(done func(error))) (packets.Packet, error) {
 	qos := pk.FixedHeader.Qos
 	var s *session
 	if qos == 1 {
@@ -144,25 +150,25 @@ func (b *Broker) ingest(cl *mqtt.Client, pk packets.Packet, device string) (pack
 			return pk, packets.ErrRejectPacket
 		}
 	}
-	if !b.slots.acquire(device, b.stopCh) {
+	if !slots.acquire(device, b.stopCh) {
 		return pk, packets.ErrRejectPacket // shutting down: no ack, the client resends
 	}
 	b.mu.RLock()
 	if b.stopping {
 		b.mu.RUnlock()
-		b.slots.release(device)
+		slots.release(device)
 		return pk, packets.ErrRejectPacket
 	}
 	b.pending.Add(1)
 	b.mu.RUnlock()
 	b.metrics.ingestPending.Inc()
 
-	p := &pending{s: s, device: device, packetID: pk.PacketID, start: b.now()}
+	p := &pending{s: s, slots: slots, device: device, kind: kind, packetID: pk.PacketID, start: b.now()}
 	switch qos {
 	case 0:
-		b.ing.Ingest(device, pk.Payload, func(err error) {
+		run(func(err error) {
 			b.finish(p, err)
-			b.slots.release(device)
+			slots.release(device)
 			b.pending.Done()
 		})
 		return pk, packets.ErrRejectPacket
@@ -170,14 +176,14 @@ func (b *Broker) ingest(cl *mqtt.Client, pk packets.Packet, device string) (pack
 		s.mu.Lock()
 		s.queue = append(s.queue, p)
 		s.mu.Unlock()
-		b.ing.Ingest(device, pk.Payload, func(err error) { b.complete(p, err) })
+		run(func(err error) { b.complete(p, err) })
 		return pk, packets.ErrRejectPacket
 	}
 	// QoS 2: wait for the store, then let mochi run the PUBREC/PUBREL flow.
 	ch := make(chan error, 1)
-	b.ing.Ingest(device, pk.Payload, func(err error) {
+	run(func(err error) {
 		b.finish(p, err)
-		b.slots.release(device)
+		slots.release(device)
 		b.pending.Done()
 		ch <- err
 	})
@@ -185,18 +191,20 @@ func (b *Broker) ingest(cl *mqtt.Client, pk packets.Packet, device string) (pack
 	switch {
 	case err == nil:
 		return pk, packets.CodeSuccessIgnore // PUBREC; not retained, not forwarded
+	case isRefusal(err) && cl.Properties.ProtocolVersion == 5:
+		// mochi would answer a hook's error code with a PUBACK even for
+		// QoS 2; write the PUBREC ourselves.
+		_ = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
+			PacketID:    pk.PacketID,
+			ReasonCode:  refusalCode(err),
+			Properties:  packets.Properties{ReasonString: reasonString(err)},
+		})
+		return pk, packets.ErrRejectPacket
+	case isRefusal(err) && notAuthorized(err):
+		b.closeClient(cl, packets.ErrNotAuthorized) // v3 cannot be told
+		return pk, packets.ErrRejectPacket
 	case isRefusal(err):
-		if cl.Properties.ProtocolVersion == 5 {
-			// mochi would answer a hook's error code with a PUBACK even for
-			// QoS 2; write the PUBREC ourselves.
-			_ = cl.WritePacket(packets.Packet{
-				FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
-				PacketID:    pk.PacketID,
-				ReasonCode:  packets.ErrPayloadFormatInvalid.Code,
-				Properties:  packets.Properties{ReasonString: reasonString(err)},
-			})
-			return pk, packets.ErrRejectPacket
-		}
 		return pk, packets.CodeSuccessIgnore // v3: ack and drop
 	default:
 		b.closeClient(cl, errIngestFailed)
@@ -217,13 +225,13 @@ func (b *Broker) finish(p *pending, err error) {
 		reason := refusalLabel(err)
 		b.metrics.ingestRefused.WithLabelValues(reason).Inc()
 		if b.limiter.allow("ingest|" + reason + "|" + p.device) {
-			b.log.Info("telemetry refused", "device", p.device, "reason", reason, "error", err)
+			b.log.Info("message refused", "kind", p.kind.String(), "device", p.device, "reason", reason, "error", err)
 		}
 		return
 	}
 	b.metrics.ingestFailed.Inc()
 	if b.limiter.allow("ingest|failed|" + p.device) {
-		b.log.Error("telemetry ingest failed; disconnecting the client unacked", "device", p.device, "error", err)
+		b.log.Error("ingest failed; disconnecting the client unacked", "kind", p.kind.String(), "device", p.device, "error", err)
 	}
 }
 
@@ -274,11 +282,12 @@ func (b *Broker) flush(s *session) {
 
 		buf.Reset()
 		count := 0
+		v3 := s.cl.Properties.ProtocolVersion < 5
 		for _, p := range batch {
 			if failed {
 				continue
 			}
-			if p.err != nil && !isRefusal(p.err) {
+			if p.err != nil && (!isRefusal(p.err) || v3 && notAuthorized(p.err)) {
 				failed = true // ack those before it, then disconnect
 				continue
 			}
@@ -302,14 +311,16 @@ func (b *Broker) flush(s *session) {
 			}
 		}
 		for _, p := range batch {
-			b.slots.release(p.device)
+			p.slots.release(p.device)
 		}
 	}
 }
 
 // encodePuback appends p's PUBACK to buf: success, or for a refused payload
-// 0x99 Payload Format Invalid with the refusal as reason string (v5) or a
-// plain PUBACK, so that the client does not resend it forever (v3).
+// 0x99 Payload Format Invalid (0x87 Not authorized for a batch naming a
+// device that is not the gateway's child) with the refusal as reason
+// string (v5), or a plain PUBACK, so that the client does not resend it
+// forever (v3; a not-authorized refusal closes a v3 connection instead).
 func (b *Broker) encodePuback(buf *bytes.Buffer, cl *mqtt.Client, p *pending) error {
 	ack := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Puback},
@@ -317,7 +328,7 @@ func (b *Broker) encodePuback(buf *bytes.Buffer, cl *mqtt.Client, p *pending) er
 		ProtocolVersion: cl.Properties.ProtocolVersion,
 	}
 	if p.err != nil && cl.Properties.ProtocolVersion == 5 {
-		ack.ReasonCode = packets.ErrPayloadFormatInvalid.Code
+		ack.ReasonCode = refusalCode(p.err)
 		if !(cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0) {
 			ack.Properties.ReasonString = reasonString(p.err)
 		}
@@ -371,9 +382,27 @@ func isRefusal(err error) bool {
 	return errors.Is(err, payload.ErrRefused) || errors.Is(err, store.ErrTypeMismatch)
 }
 
+// notAuthorized reports whether a refusal is an authorization decision
+// (its error has NotAuthorized() returning true).
+func notAuthorized(err error) bool {
+	var na interface{ NotAuthorized() bool }
+	return errors.As(err, &na) && na.NotAuthorized()
+}
+
+// refusalCode is the MQTT 5 reason code of a refused message.
+func refusalCode(err error) byte {
+	if notAuthorized(err) {
+		return packets.ErrNotAuthorized.Code
+	}
+	return packets.ErrPayloadFormatInvalid.Code
+}
+
 // refusalLabel is the metric label of a refused message.
 func refusalLabel(err error) string {
 	if r := payload.Reason(err); r != "" {
+		return r
+	}
+	if r := refusalReason(err); r != "" {
 		return r
 	}
 	if errors.Is(err, store.ErrTypeMismatch) {

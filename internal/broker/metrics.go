@@ -71,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 		Name: "fieldhub_mqtt_messages_received_total",
 		Help: "PUBLISH packets accepted by the ACL, by kind of topic (other: not a device topic).",
 	}, []string{"kind"})
-	for k := topic.KindUnknown; k <= topic.KindOTA; k++ {
+	for k := topic.KindUnknown; k <= topic.KindBatch; k++ {
 		name := k.String()
 		if k == topic.KindUnknown {
 			name = "other"

@@ -20,11 +20,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fieldhub/fieldhub/internal/bench"
+	"github.com/fieldhub/fieldhub/internal/spool"
 )
 
 func benchCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Reproducible benchmarks that print figures"}
-	cmd.AddCommand(benchIngestCmd(stdout, stderr), benchConnectionsCmd(stdout, stderr), baselineBrokerCmd(stdout, stderr))
+	cmd.AddCommand(benchIngestCmd(stdout, stderr), benchConnectionsCmd(stdout, stderr), benchSpoolCmd(stdout), benchEdgeCmd(stdout, stderr), baselineBrokerCmd(stdout, stderr))
 	return cmd
 }
 
@@ -248,7 +249,10 @@ func scrapeCounter(ctx context.Context, c *apiClient, name, labels string) (floa
 	if err != nil {
 		return 0, err
 	}
-	prefix := name + "{" + labels + "} "
+	prefix := name + " "
+	if labels != "" {
+		prefix = name + "{" + labels + "} "
+	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, prefix); ok {
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
@@ -350,4 +354,41 @@ func benchHubConnections(ctx context.Context, exe, kind string, conns, concurren
 	}
 	r.Table(stdout, label)
 	return nil
+}
+
+func benchSpoolCmd(stdout io.Writer) *cobra.Command {
+	var (
+		n, size, concurrency int
+		dir                  string
+	)
+	cmd := &cobra.Command{
+		Use:   "spool",
+		Short: "The edge spool: durable (fsynced) appends/s and replay (read + ack)/s",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := os.MkdirTemp(dir, "fieldhub-spool-bench-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(d)
+			r, err := spool.RunBench(cmd.Context(), d, n, size, concurrency)
+			if err != nil {
+				return err
+			}
+			host, _ := os.Hostname()
+			fmt.Fprintf(stdout, "fieldhub bench spool — %s, %d cores, %s, folder %s\n", host, numCPU(), time.Now().UTC().Format(time.RFC3339), dir)
+			fmt.Fprintf(stdout, "%d records × %d B, %d concurrent appenders\n", r.Records, r.RecordBytes, r.Concurrency)
+			fmt.Fprintf(stdout, "  durable append  %10.0f records/s   p50 %v  p99 %v   (%d group commits, %.1f records each)\n",
+				r.AppendPerSec, r.AppendP50, r.AppendP99, r.Syncs, float64(r.Records)/float64(max(r.Syncs, 1)))
+			fmt.Fprintf(stdout, "  replay + ack    %10.0f records/s\n", r.ReplayPerSec)
+			fmt.Fprintf(stdout, "  on disk         %10.1f MiB (%.1f B/record)\n", float64(r.BytesOnDisk)/(1<<20), float64(r.BytesOnDisk)/float64(r.Records))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&n, "records", 500000, "records to append and replay")
+	f.IntVar(&size, "size", 100, "bytes per record")
+	f.IntVar(&concurrency, "concurrency", 50, "concurrent appenders (each waits for its append to be durable)")
+	f.StringVar(&dir, "dir", os.TempDir(), "folder on the disk to measure")
+	return cmd
 }

@@ -37,6 +37,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.AddCommand(
 		serveCmd(stdout, stderr),
 		demoCmd(stdout, stderr),
+		edgeCmd(stdout, stderr),
 		deviceCmd(stdout),
 		benchCmd(stdout, stderr),
 		&cobra.Command{

@@ -42,12 +42,18 @@ func TestDemoShowsData(t *testing.T) {
 	done := make(chan int)
 	go func() {
 		done <- Main(ctx, []string{"demo", "--data", filepath.Join(dir, "demo"), "--http-addr", "127.0.0.1:0",
-			"--mqtt-addr", "127.0.0.1:0", "--mqtts-addr", "127.0.0.1:0", "--devices", "3", "--interval", "100ms", "--duration", "1m"}, &out, &errb)
+			"--mqtt-addr", "127.0.0.1:0", "--mqtts-addr", "127.0.0.1:0", "--edge-mqtt-addr", "127.0.0.1:0", "--edge-http-addr", "127.0.0.1:0",
+			"--devices", "3", "--interval", "100ms", "--spike-at", "2s", "--duration", "1m"}, &out, &errb)
 	}()
 	urlRE := regexp.MustCompile(`Dashboard:\s+(http://\S+)/\n\s+Admin token:\s+(\S+)`)
 	var m []string
 	deadline := time.Now().Add(30 * time.Second)
 	for m == nil {
+		select {
+		case code := <-done:
+			t.Fatalf("demo exited with %d; stdout: %s\nstderr: %s", code, out.String(), errb.String())
+		default:
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("demo printed no URL; stdout: %s\nstderr: %s", out.String(), errb.String())
 		}
@@ -89,8 +95,28 @@ func TestDemoShowsData(t *testing.T) {
 		} `json:"devices"`
 	}
 	get("/api/v1/devices", &list)
-	if len(list.Devices) != 3 {
-		t.Errorf("demo lists %d devices; want 3", len(list.Devices))
+	if len(list.Devices) != 4 { // the gateway and its three sensors
+		t.Errorf("demo lists %d devices; want 4", len(list.Devices))
+	}
+	// The injected vibration spike raises a critical alert at the edge,
+	// which reaches the hub.
+	var alerts struct {
+		Alerts []struct {
+			Device   string `json:"device"`
+			Metric   string `json:"metric"`
+			Severity string `json:"severity"`
+		} `json:"alerts"`
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for len(alerts.Alerts) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no alert at the hub 30 s into the demo\nstderr: %s", errb.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+		get("/api/v1/alerts?severity=critical", &alerts)
+	}
+	if a := alerts.Alerts[0]; a.Device != "demo-sensor-2" || a.Metric != "vibration" {
+		t.Errorf("alert = %+v; want demo-sensor-2 vibration", a)
 	}
 	cancel()
 	select {

@@ -53,6 +53,11 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 		{"bad cursor", "GET", "/api/v1/devices/api-dev/telemetry?cursor=not-a-cursor", tok, "", 400, "cursor"},
 		{"telemetry of unknown device", "GET", "/api/v1/devices/ghost/telemetry", tok, "", 404, "not found"},
 		{"unknown route", "GET", "/api/v1/nothing", tok, "", 404, "no such route"},
+		{"no token on alerts", "GET", "/api/v1/alerts", "", "", 401, "bearer token"},
+		{"bad alert severity", "GET", "/api/v1/alerts?severity=fatal", tok, "", 400, "severity"},
+		{"bad alert limit", "GET", "/api/v1/alerts?limit=0", tok, "", 400, "limit"},
+		{"bad alert device", "GET", "/api/v1/alerts?device=a/b", tok, "", 400, "device"},
+		{"bad alert cursor", "GET", "/api/v1/alerts?before=nope", tok, "", 400, "cursor"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, body := do(tc.method, tc.path, tc.token, tc.body)

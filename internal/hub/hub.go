@@ -131,11 +131,15 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	}
 	h.devices = registry.New(h.regDB, h.ca, registry.Options{Logger: h.log.With("component", "registry")})
 	h.presence = newPresence(h.regDB, h.log.With("component", "presence"), h.reg)
+	// Gateways act for the devices registered behind them (the registry's
+	// cached IsChild/IsGateway); alerts go to the registry database.
 	h.ingest = telemetry.New(h.tdb, telemetry.Options{
 		Limits:     payload.Limits{MaxBytes: cfg.MaxPayloadBytes, MaxPoints: cfg.MaxPointsPerMessage},
 		Logger:     h.log.With("component", "ingest"),
 		Registerer: h.reg,
 		Seen:       h.presence.Seen,
+		Gateways:   h.devices,
+		Alerts:     h.regDB,
 	})
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
 	h.broker, err = broker.New(broker.Config{
@@ -150,6 +154,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 			return err
 		},
 		OpenPolicy: cfg.InsecureOpenPolicy,
+		Gateways:   h.devices,
 		// Payloads a little over the limit get a reasoned refusal
 		// (too_large); far larger packets are cut off by the broker.
 		MaxPacketSize: uint32(max(256<<10, 2*cfg.MaxPayloadBytes)),
@@ -168,6 +173,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		AdminToken: h.adminToken,
 		Registry:   deviceAdmin{h},
 		Telemetry:  h.tdb,
+		Alerts:     h.regDB,
 		Presence:   h.presence,
 		CAPEM:      h.ca.CertPEM(),
 		Metrics:    promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{Registry: h.reg}),
@@ -234,6 +240,12 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	if h.broker != nil {
 		if err := h.broker.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stopping broker: %w", err))
+		}
+	}
+	if h.ingest != nil {
+		// After the broker: nothing hands in alerts any more.
+		if err := h.ingest.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stopping ingest: %w", err))
 		}
 	}
 	if h.cancel != nil {

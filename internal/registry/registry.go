@@ -81,6 +81,8 @@ type Service struct {
 	cacheMu sync.Mutex
 	cache   map[string]cacheEntry
 
+	gw gwCache // gateway relations (gateway.go)
+
 	// revocations counts Delete and Rotate calls; Authenticate re-reads
 	// a device when it changed during the authentication.
 	revocations atomic.Uint64
@@ -101,6 +103,7 @@ func New(st store.Registry, ca *pki.CA, opts Options) *Service {
 		now:     opts.Now,
 		macKey:  make([]byte, 32),
 		cache:   make(map[string]cacheEntry),
+		gw:      gwCache{parent: make(map[string]gwEntry), gateway: make(map[string]gwEntry)},
 		metrics: newMetrics(opts.Registerer),
 	}
 	if s.log == nil {
@@ -186,6 +189,7 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Device, 
 	if err := s.st.CreateDevice(ctx, d); err != nil {
 		return store.Device{}, Credentials{}, fmt.Errorf("registry: creating %q: %w", d.ID, err)
 	}
+	s.gw.invalidate()
 	s.log.Info("device created", "device", d.ID, "auth", d.Auth, "gateway", d.Gateway)
 	return public(d), creds, nil
 }
@@ -289,6 +293,7 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 		return fmt.Errorf("registry: %w", err)
 	}
 	detached, err := s.detach(ctx, id)
+	s.gw.invalidate()
 	s.writeMu.Unlock()
 	s.revoked(id) // the device is gone whatever detach did
 	if err != nil {

@@ -64,16 +64,22 @@ func (w *RandomWalk) Next(time.Duration) payload.Value {
 type Vibration struct {
 	Base, Noise, SpikeLevel float64
 	SpikeEvery              time.Duration // mean time between spikes
-	rng                     *rand.Rand
+	// SpikeAt, when set, injects one spike lasting SpikeFor at this time
+	// after the start (the demo's anomaly).
+	SpikeAt, SpikeFor time.Duration
+	rng               *rand.Rand
 }
 
 // Next implements Waveform.
-func (v *Vibration) Next(time.Duration) payload.Value {
+func (v *Vibration) Next(t time.Duration) payload.Value {
 	if v.rng == nil {
 		v.rng = rand.New(rand.NewPCG(rand.Uint64(), 2))
 	}
 	x := v.Base + math.Abs(v.Noise*v.rng.NormFloat64())
 	if v.SpikeEvery > 0 && v.rng.Float64() < float64(time.Second)/float64(v.SpikeEvery) {
+		x = v.SpikeLevel * (1 + 0.2*v.rng.Float64())
+	}
+	if v.SpikeAt > 0 && t >= v.SpikeAt && t < v.SpikeAt+max(v.SpikeFor, time.Second) {
 		x = v.SpikeLevel * (1 + 0.2*v.rng.Float64())
 	}
 	return payload.NumberValue(round(x, 4))

@@ -169,3 +169,45 @@ type KV interface {
 	Get(ctx context.Context, key string) ([]byte, error) // ErrNotFound
 	Put(ctx context.Context, key string, value []byte) error
 }
+
+// Alert is a stored alert of a device (DESIGN §3 devices/{id}/alerts).
+type Alert struct {
+	Device   string
+	TS       time.Time // when it was raised or cleared, by the sender's clock
+	Received time.Time // when the hub stored it
+	Metric   string
+	Value    float64
+	Rule     string
+	Severity string // info, warning or critical
+	Message  string
+	State    string // raised or cleared
+}
+
+// AlertQuery selects alerts, newest (by TS) first.
+type AlertQuery struct {
+	Device   string // "" for every device
+	Severity string // "" for every severity
+	// Before resumes a listing from AlertPage.Next.
+	Before string
+	// Limit bounds the alerts returned; 0 means no limit. When more remain,
+	// AlertPage.Next holds a cursor to pass as Before.
+	Limit int
+}
+
+// AlertPage is the answer to an AlertQuery.
+type AlertPage struct {
+	Alerts []Alert
+	Next   string // cursor for the rest, "" when complete
+}
+
+// Alerts stores alerts durably. A backend bounds what it keeps and
+// documents how (the embedded store keeps the newest 1,000,000).
+type Alerts interface {
+	// AppendAlerts stores alerts in one transaction and returns once they
+	// are durable. An alert equal to a stored one in Device, TS, Metric,
+	// Rule and State is a resend and is not stored again.
+	AppendAlerts(ctx context.Context, alerts []Alert) error
+	// ListAlerts returns alerts newest first (TS descending, then the
+	// reverse of arrival). A malformed Before is ErrInvalidQuery.
+	ListAlerts(ctx context.Context, q AlertQuery) (AlertPage, error)
+}

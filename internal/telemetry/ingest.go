@@ -1,6 +1,7 @@
-// Package telemetry turns device telemetry payloads into durable points:
-// it decodes DESIGN §3 payloads, hands them to a store.Appender (which
-// acknowledges only once they are durable) and counts every outcome.
+// Package telemetry turns device payloads into durable data: it decodes
+// DESIGN §3 telemetry, gateway batches and alerts, hands readings to a
+// store.Appender and alerts to a store.Alerts (both acknowledge only once
+// the data is durable) and counts every outcome.
 package telemetry
 
 import (
@@ -24,21 +25,48 @@ type Options struct {
 	Now func() time.Time
 	// Seen, when set, is told of every device whose message was stored.
 	Seen func(device string, at time.Time)
+	// BatchLimits bound gateway batches; zero fields mean the payload
+	// defaults, and a zero Reading means Limits.
+	BatchLimits payload.BatchLimits
+	// Gateways tells which devices are behind which gateway; without it a
+	// batch may carry only the gateway's own readings.
+	Gateways Gateways
+	// Alerts stores alerts; without it alerts are refused (no_alert_store).
+	Alerts store.Alerts
 }
 
-// Ingester decodes and stores telemetry. It implements broker.Ingester.
+// Gateways tells whether a device is registered behind a gateway. The
+// registry implements it, with a cache: it is asked for every device of
+// every batch.
+type Gateways interface {
+	IsChild(ctx context.Context, gateway, device string) bool
+}
+
+// Ingester decodes and stores telemetry, gateway batches and alerts. It
+// implements broker.Ingester, broker.BatchIngester and broker.AlertIngester.
+// Close it after the broker has stopped, to drain the alert writer.
 type Ingester struct {
-	app    store.Appender
-	async  store.AsyncAppender // nil when app cannot pipeline
-	limits payload.Limits
-	log    *slog.Logger
-	now    func() time.Time
-	seen   func(string, time.Time)
+	app      store.Appender
+	async    store.AsyncAppender // nil when app cannot pipeline
+	limits   payload.Limits
+	blimits  payload.BatchLimits
+	gateways Gateways
+	alertw   *alertWriter // nil without Options.Alerts
+	log      *slog.Logger
+	now      func() time.Time
+	seen     func(string, time.Time)
 
 	messages *prometheus.CounterVec // by result
 	refused  *prometheus.CounterVec // by reason
 	points   prometheus.Counter
 	latency  prometheus.Histogram
+
+	batches         *prometheus.CounterVec // by result
+	batchRefused    *prometheus.CounterVec // by reason
+	batchReadings   prometheus.Histogram
+	alertsTotal     *prometheus.CounterVec // by severity
+	alertsRefused   *prometheus.CounterVec // by reason
+	alertsDuplicate prometheus.Counter
 }
 
 // Outcomes counted in fieldhub_telemetry_messages_total{result}.
@@ -60,12 +88,17 @@ func New(app store.Appender, o Options) *Ingester {
 	if o.Registerer == nil {
 		o.Registerer = prometheus.NewRegistry()
 	}
+	if o.BatchLimits.Reading == (payload.Limits{}) {
+		o.BatchLimits.Reading = o.Limits
+	}
 	in := &Ingester{
-		app:    app,
-		limits: o.Limits.WithDefaults(),
-		log:    o.Logger,
-		now:    o.Now,
-		seen:   o.Seen,
+		app:      app,
+		limits:   o.Limits.WithDefaults(),
+		blimits:  o.BatchLimits.WithDefaults(),
+		gateways: o.Gateways,
+		log:      o.Logger,
+		now:      o.Now,
+		seen:     o.Seen,
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fieldhub_telemetry_messages_total",
 			Help: "Telemetry messages by outcome: stored, duplicate (acknowledged, stored once), refused (invalid payload), failed (storage error, not acknowledged).",
@@ -91,7 +124,22 @@ func New(app store.Appender, o Options) *Ingester {
 		in.messages.WithLabelValues(r)
 	}
 	o.Registerer.MustRegister(in.messages, in.refused, in.points, in.latency)
+	in.newBatchMetrics(o.Registerer)
+	if o.Alerts != nil {
+		in.alertw = newAlertWriter(o.Alerts, in.log)
+	}
 	return in
+}
+
+// Close stops the alert writer once the alerts queued are stored, or when
+// ctx ends. Call it after the broker has stopped handing in messages;
+// alerts handed in afterwards fail with store.ErrClosed. It is safe to
+// call more than once.
+func (in *Ingester) Close(ctx context.Context) error {
+	if in.alertw == nil {
+		return nil
+	}
+	return in.alertw.close(ctx)
 }
 
 // Ingest decodes b, published by device, and stores it. done is called
@@ -106,6 +154,11 @@ func (in *Ingester) Ingest(device string, b []byte, done func(error)) {
 		done(err)
 		return
 	}
+	in.store(m, now, done)
+}
+
+// store appends m and calls done with the outcome, counted.
+func (in *Ingester) store(m *payload.Message, now time.Time, done func(error)) {
 	start := time.Now()
 	complete := func(dup bool, err error) {
 		switch {
@@ -116,13 +169,13 @@ func (in *Ingester) Ingest(device string, b []byte, done func(error)) {
 			in.points.Add(float64(len(m.Points)))
 			in.latency.Observe(time.Since(start).Seconds())
 			if in.seen != nil {
-				in.seen(device, now)
+				in.seen(m.Device, now)
 			}
 		case errors.Is(err, store.ErrTypeMismatch):
-			in.refuse(device, "type_mismatch", err)
+			in.refuse(m.Device, "type_mismatch", err)
 		default:
 			in.messages.WithLabelValues(ResultFailed).Inc()
-			in.log.Error("storing telemetry failed", "device", device, "err", err)
+			in.log.Error("storing telemetry failed", "device", m.Device, "err", err)
 		}
 		done(err)
 	}

@@ -1,6 +1,6 @@
-// Package sqlite is the embedded registry store: store.Registry and
-// store.KV on one SQLite file (by convention DIR/registry.db) through the
-// pure-Go modernc.org/sqlite driver.
+// Package sqlite is the embedded registry store: store.Registry, store.KV
+// and store.Alerts on one SQLite file (by convention DIR/registry.db)
+// through the pure-Go modernc.org/sqlite driver.
 //
 // The file is opened in WAL mode. Every registry change is committed with
 // synchronous=FULL, so it survives a power cut once the call returns; the
@@ -46,11 +46,14 @@ type DB struct {
 	w      *sql.DB // one read-write connection
 	r      *sql.DB // read-only connections
 	closed atomic.Bool
+	// maxAlerts is how many alerts are kept (MaxAlerts; tests lower it).
+	maxAlerts int64
 }
 
 var (
 	_ store.Registry = (*DB)(nil)
 	_ store.KV       = (*DB)(nil)
+	_ store.Alerts   = (*DB)(nil)
 )
 
 // migrations[i] moves the schema from version i to i+1. Append only; never
@@ -75,6 +78,24 @@ var migrations = []string{
 		key   TEXT PRIMARY KEY NOT NULL,
 		value BLOB NOT NULL
 	);`,
+	// 2: alerts; an index to find the devices behind a gateway.
+	`CREATE TABLE alerts (
+		id       INTEGER PRIMARY KEY AUTOINCREMENT, -- arrival order
+		device   TEXT NOT NULL,
+		ts       INTEGER NOT NULL,                  -- Unix ns, raised or cleared
+		received INTEGER NOT NULL,                  -- Unix ns, stored
+		metric   TEXT NOT NULL DEFAULT '',
+		value    REAL NOT NULL DEFAULT 0,
+		rule     TEXT NOT NULL DEFAULT '',
+		severity TEXT NOT NULL,
+		message  TEXT NOT NULL DEFAULT '',
+		state    TEXT NOT NULL
+	);
+	CREATE UNIQUE INDEX alerts_identity ON alerts (device, ts, metric, rule, state);
+	CREATE INDEX alerts_ts ON alerts (ts, id);
+	CREATE INDEX alerts_device_ts ON alerts (device, ts, id);
+	CREATE INDEX alerts_severity_ts ON alerts (severity, ts, id);
+	CREATE INDEX devices_gateway ON devices (gateway) WHERE gateway != '';`,
 }
 
 // Open opens (creating when missing) the registry database at path and
@@ -104,7 +125,7 @@ func Open(path string) (*DB, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	db := &DB{w: w}
+	db := &DB{w: w, maxAlerts: MaxAlerts}
 	// Migrating first also switches the file to WAL before any reader opens.
 	if err := db.migrate(context.Background()); err != nil {
 		w.Close()

@@ -32,6 +32,54 @@ func TestKV(t *testing.T) {
 	storetest.TestKV(t, func(t *testing.T) store.KV { return openTemp(t) })
 }
 
+func TestAlerts(t *testing.T) {
+	storetest.TestAlerts(t, func(t *testing.T) store.Alerts { return openTemp(t) })
+}
+
+// TestAlertRetention: appending beyond maxAlerts deletes the oldest by
+// arrival, whatever their times.
+func TestAlertRetention(t *testing.T) {
+	db := openTemp(t)
+	db.maxAlerts = 3
+	ctx := t.Context()
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 5 {
+		a := store.Alert{Device: "d", TS: base.Add(-time.Duration(i) * time.Hour), Rule: fmt.Sprint(i), Severity: "info", State: "raised"}
+		if err := db.AppendAlerts(ctx, []store.Alert{a}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := db.ListAlerts(ctx, store.AlertQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []string
+	for _, a := range p.Alerts {
+		rules = append(rules, a.Rule)
+	}
+	if fmt.Sprint(rules) != "[2 3 4]" {
+		t.Errorf("after 5 appends with room for 3: rules %v; want [2 3 4]", rules)
+	}
+}
+
+func TestHasChildren(t *testing.T) {
+	db := openTemp(t)
+	ctx := t.Context()
+	for _, d := range []store.Device{{ID: "gw", Auth: store.AuthPassword}, {ID: "c", Gateway: "gw", Auth: store.AuthPassword}} {
+		if err := db.CreateDevice(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		id   string
+		want bool
+	}{{"gw", true}, {"c", false}, {"", false}, {"nobody", false}} {
+		if got, err := db.HasChildren(ctx, tt.id); got != tt.want || err != nil {
+			t.Errorf("HasChildren(%q) = %v, %v; want %v", tt.id, got, err, tt.want)
+		}
+	}
+}
+
 func TestPragmas(t *testing.T) {
 	db := openTemp(t)
 	ctx := t.Context()
