@@ -1,10 +1,11 @@
 package tsdb
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fieldhub/fieldhub/internal/promutil"
 )
 
 // metrics are the store's Prometheus collectors.
@@ -130,29 +131,10 @@ func newMetrics(db *DB) *metrics {
 
 // register registers every collector with r, undoing on failure.
 func (m *metrics) register(r prometheus.Registerer) error {
-	if r == nil {
-		return nil
-	}
-	for i, c := range m.all {
-		if err := r.Register(c); err != nil {
-			for _, d := range m.all[:i] {
-				r.Unregister(d)
-			}
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				return fmt.Errorf("tsdb: metrics already registered (one store per registerer): %w", err)
-			}
-			return fmt.Errorf("tsdb: registering metrics: %w", err)
-		}
+	if err := promutil.Register(r, m.all); err != nil {
+		return fmt.Errorf("tsdb: %w", err)
 	}
 	return nil
 }
 
-func (m *metrics) unregister(r prometheus.Registerer) {
-	if r == nil {
-		return
-	}
-	for _, c := range m.all {
-		r.Unregister(c)
-	}
-}
+func (m *metrics) unregister(r prometheus.Registerer) { promutil.Unregister(r, m.all) }
