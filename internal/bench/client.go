@@ -166,7 +166,7 @@ func dial(ctx context.Context, r *run, d Device, idx uint64) (*client, error) {
 		nc:         conn,
 		protocol:   cfg.Protocol,
 		qos:        cfg.QoS,
-		topic:      []byte(topic.Telemetry(d.ID)),
+		topic:      []byte(deviceTopic(cfg.PayloadFormat, d.ID)),
 		window:     uint64(cfg.Inflight),
 		keepAlive:  cfg.KeepAlive,
 		leftover:   append([]byte(nil), buf[size:]...),
@@ -185,7 +185,7 @@ func dial(ctx context.Context, r *run, d Device, idx uint64) (*client, error) {
 	c.slots = make([]atomic.Uint64, n)
 	c.mask = uint16(n - 1)
 	c.idLimit = uint16(65535 / n * n)
-	sample := newPayloadGen(cfg.PayloadFormat, cfg.Metrics, 1).append(nil, r.seqStart, time.Now())
+	sample := newPayloadGen(cfg.PayloadFormat, cfg.Metrics, 1).forDevice(d.ID, cfg.BatchReadings).append(nil, r.seqStart, time.Now())
 	c.packetSize = publishSize(c.protocol, c.qos, len(c.topic), len(sample))
 	if ca.maxPacketSize > 0 && c.packetSize+64 > ca.maxPacketSize {
 		return fail(fmt.Errorf("device %s: broker's maximum packet size %d is below the payload's %d bytes", d.ID, ca.maxPacketSize, c.packetSize))
@@ -214,7 +214,7 @@ func (c *client) fail(err error) {
 // outstanding acks and sends DISCONNECT.
 func (c *client) writeLoop() {
 	r := c.r
-	gen := newPayloadGen(r.cfg.PayloadFormat, r.cfg.Metrics, c.seed)
+	gen := newPayloadGen(r.cfg.PayloadFormat, r.cfg.Metrics, c.seed).forDevice(c.dev.ID, r.cfg.BatchReadings)
 	out := make([]byte, 0, flushAt+4096)
 	batch := 0 // messages in out
 	payload := make([]byte, 0, 512)
@@ -484,4 +484,12 @@ func (c *client) onAck(body []byte, now int64) int {
 		c.hist.record(now - int64(v>>16))
 	}
 	return 1
+}
+
+// deviceTopic is where device id publishes payloads of format.
+func deviceTopic(format, id string) string {
+	if format == FormatBatch {
+		return topic.Batch(id)
+	}
+	return topic.Telemetry(id)
 }

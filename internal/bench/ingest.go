@@ -33,6 +33,10 @@ import (
 const (
 	FormatJSON  = "json"  // DESIGN §3 JSON object (the default)
 	FormatSenML = "senml" // RFC 8428 SenML JSON array
+	// FormatBatch is an edge gateway's uplink: BatchReadings readings of
+	// the device itself per message on devices/{id}/batch (the device must
+	// be a gateway at the hub, i.e. have a child).
+	FormatBatch = "batch"
 )
 
 // QoSAtMostOnce selects QoS 0 in IngestConfig.QoS, whose zero value means
@@ -110,8 +114,10 @@ type IngestConfig struct {
 	Metrics int
 	// QoS is 1 (the zero value) or QoSAtMostOnce.
 	QoS byte
-	// PayloadFormat is FormatJSON (the default) or FormatSenML.
+	// PayloadFormat is FormatJSON (the default), FormatSenML or FormatBatch.
 	PayloadFormat string
+	// BatchReadings is the readings per message of FormatBatch; default 100.
+	BatchReadings int
 	// SeqStart is the first seq of every device; 0 means the run's start
 	// time in Unix microseconds, so that a later run against the same hub
 	// continues above an earlier one's seq instead of replaying
@@ -200,8 +206,12 @@ func (c IngestConfig) withDefaults() (IngestConfig, error) {
 	case "":
 		c.PayloadFormat = FormatJSON
 	case FormatJSON, FormatSenML:
+	case FormatBatch:
+		if c.BatchReadings <= 0 {
+			c.BatchReadings = 100
+		}
 	default:
-		return bad("payload format %q (want %q or %q)", c.PayloadFormat, FormatJSON, FormatSenML)
+		return bad("payload format %q (want %q, %q or %q)", c.PayloadFormat, FormatJSON, FormatSenML, FormatBatch)
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
@@ -253,7 +263,7 @@ type IngestResult struct {
 	Duration      time.Duration // the timed window
 
 	Messages     int64 // acknowledged with success in the window (QoS 0: written)
-	Points       int64 // Messages × Metrics
+	Points       int64 // Messages × Metrics (× BatchReadings)
 	MsgsPerSec   float64
 	PointsPerSec float64
 	Published    int64 // written in the window
@@ -415,7 +425,7 @@ func RunIngest(ctx context.Context, cfg IngestConfig) (IngestResult, error) {
 	}
 	res.Disconnects = r.disconnects()
 	res.Errors += res.Disconnects
-	res.Points = res.Messages * int64(cfg.Metrics)
+	res.Points = res.Messages * int64(cfg.Metrics) * int64(max(1, cfg.BatchReadings))
 	if secs := res.Duration.Seconds(); secs > 0 {
 		res.MsgsPerSec = float64(res.Messages) / secs
 		res.PointsPerSec = float64(res.Points) / secs

@@ -41,10 +41,16 @@ func specFor(i int) metricSpec {
 // without allocating. It is owned by one writer goroutine.
 type payloadGen struct {
 	senml bool
-	specs []metricSpec
-	keys  [][]byte // JSON: `"name":`; SenML: `"n":"name","u":"unit","v":`
-	vals  []float64
-	rng   uint64
+	// batch > 0 makes gateway batches of that many readings of device.
+	isBatch bool
+	batch   int
+	device  []byte
+	t0      uint64 // batch timeline origin (Unix ms) and the seq it starts at
+	seq0    uint64
+	specs   []metricSpec
+	keys    [][]byte // JSON: `"name":`; SenML: `"n":"name","u":"unit","v":`
+	vals    []float64
+	rng     uint64
 
 	sec    int64  // Unix second that secStr holds
 	secStr []byte // "2006-01-02T15:04:05" of sec
@@ -52,7 +58,7 @@ type payloadGen struct {
 
 // newPayloadGen returns a generator of metrics metrics seeded by seed.
 func newPayloadGen(format string, metrics int, seed uint64) *payloadGen {
-	g := &payloadGen{senml: format == FormatSenML, rng: seed | 1, sec: -1}
+	g := &payloadGen{senml: format == FormatSenML, isBatch: format == FormatBatch, rng: seed | 1, sec: -1}
 	for i := range metrics {
 		s := specFor(i)
 		g.specs = append(g.specs, s)
@@ -74,6 +80,15 @@ func newPayloadGen(format string, metrics int, seed uint64) *payloadGen {
 		}
 		g.keys = append(g.keys, k)
 		g.vals = append(g.vals, clamp(s.start+(g.float()-0.5)*2*s.startNoise, s.lo, s.hi))
+	}
+	return g
+}
+
+// forDevice makes g write gateway batches of n readings of device id
+// when g's format is FormatBatch; otherwise it changes nothing.
+func (g *payloadGen) forDevice(id string, n int) *payloadGen {
+	if g.isBatch {
+		g.batch, g.device = max(n, 1), []byte(id)
 	}
 	return g
 }
@@ -112,6 +127,9 @@ func (g *payloadGen) appendTS(b []byte, now time.Time) []byte {
 // topic names the device), or a SenML pack [{"bt":…,"n":…,"u":…,"v":…},…]
 // which, having no field for it, carries no seq.
 func (g *payloadGen) append(b []byte, seq uint64, now time.Time) []byte {
+	if g.batch > 0 {
+		return g.appendBatch(b, seq, now)
+	}
 	g.step()
 	if g.senml {
 		b = append(b, '[')
@@ -145,4 +163,38 @@ func (g *payloadGen) append(b []byte, seq uint64, now time.Time) []byte {
 		b = strconv.AppendFloat(b, g.vals[i], 'f', g.specs[i].prec, 64)
 	}
 	return append(b, '}', '}')
+}
+
+// appendBatch appends {"readings":[…]} of g.batch readings of g.device.
+// Reading r of message seq has seq seq*batch+r and a timestamp 1 ms after
+// the previous reading of the device (a synthetic timeline from the first
+// message on), so that none overwrites another in the store.
+func (g *payloadGen) appendBatch(b []byte, seq uint64, now time.Time) []byte {
+	if g.t0 == 0 {
+		g.t0, g.seq0 = uint64(now.UnixMilli()), seq
+	}
+	b = append(b, `{"readings":[`...)
+	base := g.t0 + (seq-g.seq0)*uint64(g.batch)
+	for r := range g.batch {
+		g.step()
+		if r > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"device":"`...)
+		b = append(b, g.device...)
+		b = append(b, `","seq":`...)
+		b = strconv.AppendUint(b, seq*uint64(g.batch)+uint64(r), 10)
+		b = append(b, `,"ts":`...)
+		b = strconv.AppendUint(b, base+uint64(r), 10)
+		b = append(b, `,"data":{`...)
+		for i, k := range g.keys {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, k...)
+			b = strconv.AppendFloat(b, g.vals[i], 'f', g.specs[i].prec, 64)
+		}
+		b = append(b, '}', '}')
+	}
+	return append(b, ']', '}')
 }

@@ -30,7 +30,7 @@ func benchCmd(stdout, stderr io.Writer) *cobra.Command {
 }
 
 type ingestFlags struct {
-	devices, inflight, writeBatch, protocol, qos int
+	devices, inflight, writeBatch, protocol, qos, batchReadings int
 	duration, warmup                             time.Duration
 	rate                                         float64
 	format, baseline, baselineAddr, jsonOut      string
@@ -66,7 +66,8 @@ else anonymous), and prints the ratio.`,
 	fl.Float64Var(&f.rate, "rate", 0, "total messages/s to send (0: as fast as acks allow)")
 	fl.IntVar(&f.protocol, "protocol", 4, "MQTT protocol level: 4 (3.1.1) or 5")
 	fl.IntVar(&f.qos, "qos", 1, "0 or 1")
-	fl.StringVar(&f.format, "format", "json", "payload format: json or senml")
+	fl.StringVar(&f.format, "format", "json", "payload format: json, senml, or batch (an edge gateway's uplink: --batch-readings readings per message)")
+	fl.IntVar(&f.batchReadings, "batch-readings", 100, "readings per message with --format batch")
 	fl.StringVar(&f.baseline, "baseline", "mosquitto", "baseline broker: mochi, mosquitto or none")
 	fl.StringVar(&f.baselineAddr, "baseline-addr", "", "an external baseline broker at HOST:PORT (overrides --baseline)")
 	fl.StringVar(&f.baselineUser, "baseline-user", "", "username for --baseline-addr")
@@ -133,13 +134,19 @@ func runBenchIngest(ctx context.Context, f ingestFlags, stdout, stderr io.Writer
 			return fmt.Errorf("registering %s: %w", devs[i].ID, err)
 		}
 		devs[i].Username, devs[i].Password = devs[i].ID, d.Credentials.Password
+		if f.format == bench.FormatBatch {
+			// A device is a gateway once another device sits behind it.
+			if err := api.do(ctx, http.MethodPost, "/api/v1/devices", map[string]any{"id": devs[i].ID + "-child", "gateway": devs[i].ID}, nil); err != nil {
+				return fmt.Errorf("registering a child of %s: %w", devs[i].ID, err)
+			}
+		}
 	}
 	run := func(label, addr string, pid int, devices []bench.Device) (bench.IngestResult, error) {
 		fmt.Fprintf(stderr, "running %s: %d devices, %s after %s warm-up…\n", label, len(devices), f.duration, f.warmup)
 		return bench.RunIngest(ctx, bench.IngestConfig{
 			Label: label, Addr: addr, Devices: devices, Protocol: byte(f.protocol),
 			Warmup: f.warmup, Duration: f.duration, Inflight: f.inflight, WriteBatch: f.writeBatch,
-			Rate: f.rate, QoS: qos, PayloadFormat: f.format, ServerPID: pid, Logger: log,
+			Rate: f.rate, QoS: qos, PayloadFormat: f.format, BatchReadings: f.batchReadings, ServerPID: pid, Logger: log,
 		})
 	}
 	hubRes, err := run("fieldhub (durable)", mqttAddr, hubProc.PID, devs)
@@ -148,13 +155,13 @@ func runBenchIngest(ctx context.Context, f ingestFlags, stdout, stderr io.Writer
 	}
 	// Cross-check with the hub's own counters: everything acknowledged in
 	// the window (and the warm-up before it) must have been stored.
-	stored, err := scrapeCounter(ctx, api, "fieldhub_telemetry_messages_total", `result="stored"`)
+	stored, err := scrapeCounter(ctx, api, "fieldhub_telemetry_points_stored_total", "")
 	if err != nil {
 		return fmt.Errorf("reading the hub's metrics: %w", err)
 	}
 	hubProc.Stop()
-	if int64(stored) < hubRes.Messages {
-		return fmt.Errorf("the hub counts %d stored messages but acknowledged %d in the window: acknowledged data is missing", int64(stored), hubRes.Messages)
+	if int64(stored) < hubRes.Points {
+		return fmt.Errorf("the hub counts %d stored points but acknowledged %d in the window: acknowledged data is missing", int64(stored), hubRes.Points)
 	}
 
 	var base *bench.IngestResult
@@ -197,7 +204,7 @@ func runBenchIngest(ctx context.Context, f ingestFlags, stdout, stderr io.Writer
 	}
 	host, _ := os.Hostname()
 	fmt.Fprintf(stdout, "fieldhub bench ingest — %s, %d cores, %s\n", host, numCPU(), time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintf(stdout, "hub stored %d messages in all (warm-up included); %d acknowledged in the measured window\n", int64(stored), hubRes.Messages)
+	fmt.Fprintf(stdout, "hub stored %d points in all (warm-up included); %d acknowledged in the measured window\n", int64(stored), hubRes.Points)
 	if base != nil {
 		bench.Compare(stdout, hubRes, *base)
 	} else {
