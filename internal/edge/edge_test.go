@@ -21,46 +21,17 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/fieldhub/fieldhub/internal/config"
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 	"github.com/fieldhub/fieldhub/internal/hub"
 	"github.com/fieldhub/fieldhub/internal/registry"
 	"github.com/fieldhub/fieldhub/topic"
 )
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	freePort       = fhtest.FreePort
+	fieldhubBinary = fhtest.Binary
+	eventually     = fhtest.Eventually
 )
-
-func fieldhubBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fieldhub-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "fieldhub")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/fieldhub/fieldhub/cmd/fieldhub").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
 
 // hubEnv is a real hub in this process, restartable on the same ports.
 type hubEnv struct {
@@ -243,17 +214,6 @@ func (s *sensor) run(ctx context.Context, addr string, n int, every time.Duratio
 		}
 		c.Disconnect(&paho.Disconnect{})
 		conn.Close()
-	}
-}
-
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

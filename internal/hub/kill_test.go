@@ -17,45 +17,14 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 	"github.com/fieldhub/fieldhub/topic"
 )
 
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	fieldhubBinary = fhtest.Binary
+	freePort       = fhtest.FreePort
 )
-
-// fieldhubBinary builds cmd/fieldhub once per test run.
-func fieldhubBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fieldhub-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "fieldhub")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/fieldhub/fieldhub/cmd/fieldhub").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // serveProcess is `fieldhub serve` in a child process.
 type serveProcess struct {
