@@ -31,10 +31,10 @@ func benchCmd(stdout, stderr io.Writer) *cobra.Command {
 
 type ingestFlags struct {
 	devices, inflight, writeBatch, protocol, qos, batchReadings int
-	duration, warmup                             time.Duration
-	rate                                         float64
-	format, baseline, baselineAddr, jsonOut      string
-	baselineUser, baselinePassword               string
+	duration, warmup                                            time.Duration
+	rate                                                        float64
+	format, baseline, baselineAddr, jsonOut                     string
+	baselineUser, baselinePassword                              string
 }
 
 func benchIngestCmd(stdout, stderr io.Writer) *cobra.Command {
