@@ -107,17 +107,23 @@ func TestDemoShowsData(t *testing.T) {
 			Severity string `json:"severity"`
 		} `json:"alerts"`
 	}
+	injected := func() bool {
+		for _, a := range alerts.Alerts {
+			if a.Device == "demo-sensor-2" && a.Metric == "vibration" && a.Severity == "critical" {
+				return true
+			}
+		}
+		return false
+	}
 	deadline = time.Now().Add(30 * time.Second)
-	for len(alerts.Alerts) == 0 {
+	for !injected() {
 		if time.Now().After(deadline) {
 			t.Fatalf("no alert at the hub 30 s into the demo\nstderr: %s", errb.String())
 		}
 		time.Sleep(200 * time.Millisecond)
 		get("/api/v1/alerts?severity=critical", &alerts)
 	}
-	if a := alerts.Alerts[0]; a.Device != "demo-sensor-2" || a.Metric != "vibration" {
-		t.Errorf("alert = %+v; want demo-sensor-2 vibration", a)
-	}
+
 	cancel()
 	select {
 	case code := <-done:

@@ -68,6 +68,7 @@ type Vibration struct {
 	// after the start (the demo's anomaly).
 	SpikeAt, SpikeFor time.Duration
 	rng               *rand.Rand
+	last              time.Duration // t of the previous sample
 }
 
 // Next implements Waveform.
@@ -76,7 +77,9 @@ func (v *Vibration) Next(t time.Duration) payload.Value {
 		v.rng = rand.New(rand.NewPCG(rand.Uint64(), 2))
 	}
 	x := v.Base + math.Abs(v.Noise*v.rng.NormFloat64())
-	if v.SpikeEvery > 0 && v.rng.Float64() < float64(time.Second)/float64(v.SpikeEvery) {
+	dt := t - v.last // the chance of a spike grows with the time since the last sample
+	v.last = t
+	if v.SpikeEvery > 0 && dt > 0 && v.rng.Float64() < float64(dt)/float64(v.SpikeEvery) {
 		x = v.SpikeLevel * (1 + 0.2*v.rng.Float64())
 	}
 	if v.SpikeAt > 0 && t >= v.SpikeAt && t < v.SpikeAt+max(v.SpikeFor, time.Second) {
