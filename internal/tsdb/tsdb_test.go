@@ -766,6 +766,11 @@ func TestBackpressure(t *testing.T) {
 	if got := len(points(t, db, "d", "v")); got != 1600 || n.Load() != 1600 {
 		t.Fatalf("stored %d, acked %d; want 1600", got, n.Load())
 	}
+	// The committer releases a batch's slots just after completing it.
+	deadline := time.Now().Add(5 * time.Second)
+	for db.inflight.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	if p := db.inflight.Load(); p != 0 {
 		t.Errorf("inflight = %d after all completed", p)
 	}
