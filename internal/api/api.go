@@ -1,8 +1,10 @@
 // Package api serves the hub's REST API (DESIGN §4): devices, credentials,
-// telemetry queries and alerts as JSON over HTTP, behind a bearer token.
+// telemetry queries, alerts, commands and twins as JSON over HTTP, behind
+// a bearer token.
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	_ "embed"
@@ -15,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fieldhub/fieldhub/internal/command"
 	"github.com/fieldhub/fieldhub/internal/registry"
 	"github.com/fieldhub/fieldhub/internal/store"
 )
@@ -40,6 +43,8 @@ type Options struct {
 	Registry   Registry
 	Telemetry  store.Querier
 	Alerts     AlertLister // nil leaves GET /api/v1/alerts out
+	Commands   Commands    // nil leaves the command routes out
+	Twins      Twins       // nil leaves the twin routes out
 	Presence   Presence
 	CAPEM      []byte
 	Metrics    http.Handler // served at /metrics
@@ -97,6 +102,15 @@ func New(o Options) *API {
 	m.Handle("GET /api/v1/devices/{id}/telemetry/latest", auth(a.latest))
 	if o.Alerts != nil {
 		m.Handle("GET /api/v1/alerts", auth(a.alerts))
+	}
+	if o.Commands != nil {
+		m.Handle("POST /api/v1/devices/{id}/commands", auth(a.createCommand))
+		m.Handle("GET /api/v1/devices/{id}/commands", auth(a.listCommands))
+		m.Handle("GET /api/v1/commands/{cid}", auth(a.getCommand))
+	}
+	if o.Twins != nil {
+		m.Handle("GET /api/v1/devices/{id}/twin", auth(a.getTwin))
+		m.Handle("PATCH /api/v1/devices/{id}/twin", auth(a.patchTwin))
 	}
 	m.Handle("/api/", auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path)
@@ -166,12 +180,16 @@ func (a *API) storeError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, store.ErrExists):
 		writeError(w, http.StatusConflict, "exists", err.Error())
-	case errors.Is(err, registry.ErrInvalid), errors.Is(err, errBadRequest):
+	case errors.Is(err, registry.ErrInvalid), errors.Is(err, errBadRequest), errors.Is(err, command.ErrInvalid):
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 	case errors.Is(err, store.ErrInvalidQuery):
 		writeError(w, http.StatusBadRequest, "invalid_query", err.Error())
 	case errors.Is(err, store.ErrTypeMismatch):
 		writeError(w, http.StatusBadRequest, "type_mismatch", err.Error())
+	case errors.Is(err, store.ErrConflict):
+		writeError(w, http.StatusConflict, "conflict", err.Error())
+	case errors.Is(err, command.ErrClosed):
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "the hub is shutting down")
 	case errors.Is(err, context.Canceled):
 		writeError(w, 499, "canceled", "request canceled")
 	default:
@@ -192,6 +210,22 @@ func decodeBody(r *http.Request, v any) error {
 		return badRequest("content type %q is not application/json", ct)
 	}
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return badRequest("empty body")
+		}
+		return badRequest("invalid JSON body: %v", err)
+	}
+	if dec.More() {
+		return badRequest("trailing data after the JSON body")
+	}
+	return nil
+}
+
+// decodeStrict decodes one JSON value of b into v, refusing unknown fields.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if errors.Is(err, io.EOF) {

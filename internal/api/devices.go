@@ -11,17 +11,20 @@ import (
 
 // Device is the API's view of a registry entry.
 type Device struct {
-	ID                 string            `json:"id"`
-	Name               string            `json:"name,omitempty"`
-	Labels             map[string]string `json:"labels,omitempty"`
-	Gateway            string            `json:"gateway,omitempty"`
-	Auth               store.AuthKind    `json:"auth"`
-	CreatedAt          time.Time         `json:"created_at"`
-	Online             bool              `json:"online"`
-	LastSeen           *time.Time        `json:"last_seen,omitempty"`
-	CredentialsVersion int               `json:"credentials_version"`
-	CertSerial         string            `json:"cert_serial,omitempty"`
-	CertNotAfter       *time.Time        `json:"cert_not_after,omitempty"`
+	ID        string            `json:"id"`
+	Name      string            `json:"name,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Gateway   string            `json:"gateway,omitempty"`
+	Auth      store.AuthKind    `json:"auth"`
+	CreatedAt time.Time         `json:"created_at"`
+	Online    bool              `json:"online"`
+	LastSeen  *time.Time        `json:"last_seen,omitempty"`
+	// Status is the last payload the device (or its will) published on
+	// devices/{id}/status since the hub started, e.g. "offline".
+	Status             string     `json:"status,omitempty"`
+	CredentialsVersion int        `json:"credentials_version"`
+	CertSerial         string     `json:"cert_serial,omitempty"`
+	CertNotAfter       *time.Time `json:"cert_not_after,omitempty"`
 }
 
 // Credentials are returned once, at creation and rotation.
@@ -54,6 +57,9 @@ func (a *API) view(d store.Device) Device {
 	seen := d.LastSeen
 	if a.o.Presence != nil {
 		v.Online = a.o.Presence.Online(d.ID)
+		if st, ok := a.o.Presence.(interface{ Status(id string) string }); ok {
+			v.Status = st.Status(d.ID)
+		}
 		if t := a.o.Presence.LastSeen(d.ID); t.After(seen) {
 			seen = t
 		}

@@ -2,17 +2,18 @@
 // listeners that fieldhub owns (TCP, TLS, WebSocket, secure WebSocket), with
 // hooks that authenticate every CONNECT, enforce the device topic ACLs of
 // DESIGN §3 on every publish and subscribe, bound hostile topic filters
-// before mochi indexes them, and hand device telemetry, gateway batches
-// and alerts to an Ingester. A gateway (Config.Gateways) may also act for
-// the devices registered behind it (see acl.go).
+// before mochi indexes them, and hand device telemetry, gateway batches,
+// alerts, command responses and reported twin patches to an Ingester. A
+// gateway (Config.Gateways) may also act for the devices registered behind
+// it (see acl.go).
 //
-// A QoS 1 telemetry, batch or alert PUBLISH is acknowledged only once the
-// Ingester reports it durable ("an acknowledgement means durable", DESIGN
-// §2.1), without making a connection wait for one message before reading
-// the next: acks are written by the broker, in receive order per
-// connection, when the Ingester's done callbacks fire, and at most
-// ReceiveMaximum messages per device (MaxPendingBatches batches per
-// gateway) are pending.
+// A QoS 1 telemetry, batch, alert, response or twin PUBLISH is
+// acknowledged only once the Ingester reports it durable ("an
+// acknowledgement means durable", DESIGN §2.1), without making a
+// connection wait for one message before reading the next: acks are
+// written by the broker, in receive order per connection, when the
+// Ingester's done callbacks fire, and at most ReceiveMaximum messages per
+// device (MaxPendingBatches batches per gateway) are pending.
 package broker
 
 import (
@@ -79,6 +80,29 @@ type AlertIngester interface {
 	IngestAlert(device string, payload []byte, done func(err error))
 }
 
+// ResponseIngester is an optional interface of the Ingester: it takes the
+// answers devices publish to commands on devices/{id}/responses/{cid},
+// with Ingest's contract (a QoS 1 response is acked once done reports it
+// durable). correlation is the MQTT 5 Correlation Data of the PUBLISH (nil
+// from MQTT 3.1.1). A refusal error may implement ReasonCode() byte to
+// choose the MQTT 5 PUBACK reason code (default 0x99). With it, the broker
+// also leaves command redelivery to the Ingester: when a device reconnects
+// to a persistent session, the unacknowledged publishes of its own
+// commands that mochi kept are dropped rather than resent (the command
+// service resends what is still due, and never what has expired).
+// Without it, responses go on through the broker to subscribers.
+type ResponseIngester interface {
+	IngestResponse(device, commandID string, correlation, payload []byte, done func(err error))
+}
+
+// TwinIngester is an optional interface of the Ingester: it takes the
+// reported-state patches devices publish on devices/{id}/twin/reported,
+// with Ingest's contract. Without it, they go on through the broker to
+// subscribers.
+type TwinIngester interface {
+	IngestReported(device string, payload []byte, done func(err error))
+}
+
 // Gateways tells which devices a gateway may act for (DESIGN §3). The
 // registry implements it. Both methods run on the ACL path of every
 // publish a gateway makes for a child and of every delivery to it: they
@@ -95,6 +119,14 @@ type Gateways interface {
 type Presence interface {
 	Connected(deviceID string, at time.Time)
 	Disconnected(deviceID string, at time.Time)
+}
+
+// SubscribeWatcher is an optional interface of the Presence: it is told
+// the filters a client (a device, or a gateway for its children) was
+// granted by a SUBSCRIBE, so that what waits for a device (queued
+// commands) can be sent once it listens. It must not block.
+type SubscribeWatcher interface {
+	Subscribed(clientID string, filters []string)
 }
 
 // Defaults of Config fields left at their zero value.
@@ -134,9 +166,11 @@ type Config struct {
 	// handshake; RefusalReason() string, if implemented, labels the metric.
 	VerifyClient func(certs []*x509.Certificate) error
 	// OpenPolicy is DESIGN §2.3's open policy for development and stock
-	// MQTT test suites: anonymous clients, any client id, any topic; only
-	// devices/{id}/telemetry publishes are ingested (as device id). New
-	// refuses it unless every listener address is loopback.
+	// MQTT test suites: anonymous clients, any client id, any topic;
+	// publishes on devices/{id}/ topics of the ingested kinds (telemetry,
+	// batch, alerts, responses, twin/reported) are ingested for the
+	// topic's id, nothing else. New refuses it unless every listener
+	// address is loopback.
 	OpenPolicy bool
 	// MaxPacketSize bounds an inbound packet; default 256 KiB.
 	MaxPacketSize uint32
@@ -206,22 +240,26 @@ const (
 
 // Broker is the embedded MQTT broker. Create it with New, then Start it.
 type Broker struct {
-	cfg      Config
-	auth     Authenticator
-	ing      Ingester
-	batch    BatchIngester // nil when ing is not one
-	alerts   AlertIngester // nil when ing is not one
-	gateways Gateways      // nil when no device is a gateway
-	presence Presence
-	log      *slog.Logger
-	server   *mqtt.Server
-	hook     *hook
-	metrics  *metrics
-	limiter  *rateLimiter
-	slots    *slotTable // pending telemetry and alerts per device
-	bslots   *slotTable // pending batches per gateway
-	tlsCfg   *tls.Config
-	authSem  chan struct{}
+	cfg       Config
+	auth      Authenticator
+	ing       Ingester
+	batch     BatchIngester    // nil when ing is not one
+	alerts    AlertIngester    // nil when ing is not one
+	responses ResponseIngester // nil when ing is not one
+	twins     TwinIngester     // nil when ing is not one
+	subs      SubscribeWatcher // nil when presence is not one
+	gateways  Gateways         // nil when no device is a gateway
+	presence  Presence
+	log       *slog.Logger
+	server    *mqtt.Server
+	inline    *mqtt.Client // mochi's inline client
+	hook      *hook
+	metrics   *metrics
+	limiter   *rateLimiter
+	slots     *slotTable // pending telemetry and alerts per device
+	bslots    *slotTable // pending batches per gateway
+	tlsCfg    *tls.Config
+	authSem   chan struct{}
 	// authTimeout bounds the wait for an authentication slot plus
 	// Authenticate itself.
 	authTimeout time.Duration
@@ -247,8 +285,9 @@ type Broker struct {
 }
 
 // New validates cfg and builds a Broker. auth may be nil only with
-// OpenPolicy; presence may be nil. ing may also implement BatchIngester and
-// AlertIngester.
+// OpenPolicy; presence may be nil and may implement SubscribeWatcher. ing
+// may also implement BatchIngester, AlertIngester, ResponseIngester and
+// TwinIngester.
 func New(cfg Config, auth Authenticator, ing Ingester, presence Presence) (*Broker, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -280,6 +319,9 @@ func New(cfg Config, auth Authenticator, ing Ingester, presence Presence) (*Brok
 	b.limiter = newRateLimiter(cfg.RefusalLogInterval, b.now)
 	b.batch, _ = ing.(BatchIngester)
 	b.alerts, _ = ing.(AlertIngester)
+	b.responses, _ = ing.(ResponseIngester)
+	b.twins, _ = ing.(TwinIngester)
+	b.subs, _ = presence.(SubscribeWatcher)
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	// 0 = no server-imposed expiry: mochi would otherwise delete retained
@@ -307,6 +349,7 @@ func New(cfg Config, auth Authenticator, ing Ingester, presence Presence) (*Brok
 		SysTopicResendInterval:   10,
 		InlineClient:             true,
 	})
+	b.inline, _ = b.server.Clients.Get(mqtt.InlineClientId)
 	if b.metrics, err = newMetrics(cfg.Registerer, b.server.Info); err != nil {
 		return nil, err
 	}
@@ -547,6 +590,107 @@ func (b *Broker) Publish(topicName string, payload []byte, retain bool, qos byte
 	}
 	if err := b.server.Publish(topicName, payload, retain, qos); err != nil {
 		return fmt.Errorf("broker: publish %q: %w", topicName, err)
+	}
+	return nil
+}
+
+// Message is a message the hub publishes itself (PublishMessage). MQTT 5
+// subscribers receive its properties; MQTT 3.1.1 subscribers only its
+// topic and payload.
+type Message struct {
+	Topic   string
+	Payload []byte
+	QoS     byte // caps the delivery QoS
+	Retain  bool
+	// ResponseTopic and CorrelationData ask for an answer (MQTT 5 §4.10).
+	ResponseTopic   string
+	CorrelationData []byte
+	// ContentType is the MQTT 5 Content Type, e.g. "application/json";
+	// a non-empty one also marks the payload as UTF-8.
+	ContentType string
+	// Expiry > 0 is the Message Expiry Interval, in whole seconds rounded
+	// down (at least 1): a copy still undelivered then is dropped, and MQTT
+	// 5 subscribers are told the time left.
+	Expiry time.Duration
+}
+
+// PublishMessage is Publish with MQTT 5 properties.
+func (b *Broker) PublishMessage(m Message) error {
+	if b.state.Load() != stateRunning {
+		if b.state.Load() == stateNew {
+			return errors.New("broker: publish before Start")
+		}
+		return ErrClosed
+	}
+	if m.Topic == "" || m.QoS > 2 || b.inline == nil {
+		return fmt.Errorf("broker: publish: invalid topic %q or qos %d", m.Topic, m.QoS)
+	}
+	if err := checkTopicShape(m.Topic); err != nil {
+		return fmt.Errorf("broker: publish: %w", err)
+	}
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
+		TopicName:   m.Topic,
+		Payload:     m.Payload,
+		// mochi never acks the inline client, but checks the id is set.
+		PacketID: uint16(m.QoS),
+		Properties: packets.Properties{
+			ResponseTopic:   m.ResponseTopic,
+			CorrelationData: m.CorrelationData,
+			ContentType:     m.ContentType,
+		},
+	}
+	if m.ContentType != "" {
+		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true
+	}
+	if m.Expiry > 0 {
+		pk.Properties.MessageExpiryInterval = uint32(max(1, min(m.Expiry/time.Second, 1<<32-1)))
+	}
+	if err := b.server.InjectPacket(b.inline, pk); err != nil {
+		return fmt.Errorf("broker: publish %q: %w", m.Topic, err)
+	}
+	return nil
+}
+
+// HasSubscriber reports whether a connected client (not the hub's inline
+// client) holds a subscription matching the topic name, so that a message
+// published there now would be delivered to someone.
+func (b *Broker) HasSubscriber(topicName string) bool {
+	if b.state.Load() != stateRunning {
+		return false
+	}
+	subs := b.server.Topics.Subscribers(topicName)
+	for id := range subs.Subscriptions {
+		if b.connected(id) {
+			return true
+		}
+	}
+	for _, group := range subs.Shared {
+		for id := range group {
+			if b.connected(id) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// connected reports whether client id has a live network connection.
+func (b *Broker) connected(id string) bool {
+	cl, ok := b.server.Clients.Get(id)
+	return ok && !cl.Net.Inline && !cl.Closed()
+}
+
+// Subscribe delivers every message published on topics matching filter
+// (by devices, or retained before the call) to fn, on the publisher's
+// goroutine: fn must not block. id tells subscriptions apart; it must be
+// unique per filter.
+func (b *Broker) Subscribe(filter string, id int, fn func(topic string, payload []byte)) error {
+	err := b.server.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		fn(pk.TopicName, pk.Payload)
+	})
+	if err != nil {
+		return fmt.Errorf("broker: subscribe %q: %w", filter, err)
 	}
 	return nil
 }

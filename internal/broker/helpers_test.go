@@ -569,6 +569,8 @@ func (rc *rawClient) readWithin(d time.Duration) (packets.Packet, error) {
 		err = pk.SubackDecode(body)
 	case packets.Disconnect:
 		err = pk.DisconnectDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
 	}
 	return pk, err
 }

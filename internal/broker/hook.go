@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -58,8 +60,8 @@ func (h *hook) ID() string { return "fieldhub" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnPublish,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+		mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPublish,
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 		mqtt.OnPublishDropped, mqtt.OnQosDropped:
 		return true
 	}
@@ -253,10 +255,64 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	return pk
 }
 
-// OnPublish takes telemetry, gateway batches and (with an AlertIngester)
-// alerts off mochi's normal path (see ingest.go); other device topics go
-// on through mochi to subscribers (the hub's services subscribe through
-// the inline client).
+// OnSubscribed tells the SubscribeWatcher which filters a client was
+// granted.
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	b := h.b
+	if cl.Net.Inline || b.subs == nil {
+		return
+	}
+	var granted []string
+	for i, f := range pk.Filters {
+		if i < len(reasonCodes) && reasonCodes[i] < 0x80 && f.Filter != invalidFilterMarker {
+			granted = append(granted, f.Filter)
+		}
+	}
+	if len(granted) > 0 {
+		b.subs.Subscribed(cl.ID, granted)
+	}
+}
+
+// OnSessionEstablish runs before mochi hands a persistent session over to
+// a reconnecting client and resends its unacknowledged messages. With a
+// ResponseIngester (which then owns command redelivery), it drops from the
+// old session the unacknowledged publishes of the device's own commands
+// (the command service resends those still due) and any command whose
+// Message Expiry has passed, so that an expired command is never
+// delivered late.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	b := h.b
+	if cl.Net.Inline || b.responses == nil || pk.Connect.Clean {
+		return
+	}
+	old, ok := b.server.Clients.Get(cl.ID)
+	if !ok || old == cl || old.State.Inflight.Len() == 0 {
+		return
+	}
+	own := topic.Prefix + "/" + cl.ID + "/commands/"
+	now := b.now().Unix()
+	for _, m := range old.State.Inflight.GetAll(false) {
+		if m.FixedHeader.Type != packets.Publish {
+			continue
+		}
+		t, err := topic.Parse(m.TopicName)
+		if err != nil || t.Kind != topic.KindCommand {
+			continue
+		}
+		if strings.HasPrefix(m.TopicName, own) || (m.Expiry > 0 && m.Expiry <= now) {
+			if old.State.Inflight.Delete(m.PacketID) {
+				atomic.AddInt64(&b.server.Info.Inflight, -1)
+				old.State.Inflight.IncreaseSendQuota()
+			}
+		}
+	}
+}
+
+// OnPublish takes telemetry, gateway batches and (with the optional
+// ingesters) alerts, command responses and reported twin patches off
+// mochi's normal path (see ingest.go); other device topics go on through
+// mochi to subscribers (the hub's services subscribe through the inline
+// client).
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	b := h.b
 	if cl.Net.Inline {
@@ -294,6 +350,21 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		// the devices behind it.
 		return b.ingest(cl, pk, b.slots, t.Device, t.Kind, func(done func(error)) {
 			b.alerts.IngestAlert(t.Device, pk.Payload, done)
+		})
+	case topic.KindResponse:
+		if b.responses == nil {
+			return pk, nil
+		}
+		corr := pk.Properties.CorrelationData
+		return b.ingest(cl, pk, b.slots, t.Device, t.Kind, func(done func(error)) {
+			b.responses.IngestResponse(t.Device, t.Rest, corr, pk.Payload, done)
+		})
+	case topic.KindTwinReported:
+		if b.twins == nil {
+			return pk, nil
+		}
+		return b.ingest(cl, pk, b.slots, t.Device, t.Kind, func(done func(error)) {
+			b.twins.IngestReported(t.Device, pk.Payload, done)
 		})
 	}
 	return pk, nil

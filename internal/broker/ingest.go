@@ -389,10 +389,18 @@ func notAuthorized(err error) bool {
 	return errors.As(err, &na) && na.NotAuthorized()
 }
 
-// refusalCode is the MQTT 5 reason code of a refused message.
+// refusalCode is the MQTT 5 reason code of a refused message: 0x87 for an
+// authorization refusal, the error's own ReasonCode() when it has one (an
+// error code, 0x80 or above), else 0x99 Payload Format Invalid.
 func refusalCode(err error) byte {
 	if notAuthorized(err) {
 		return packets.ErrNotAuthorized.Code
+	}
+	var rc interface{ ReasonCode() byte }
+	if errors.As(err, &rc) {
+		if c := rc.ReasonCode(); c >= 0x80 {
+			return c
+		}
 	}
 	return packets.ErrPayloadFormatInvalid.Code
 }

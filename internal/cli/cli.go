@@ -39,6 +39,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		demoCmd(stdout, stderr),
 		edgeCmd(stdout, stderr),
 		deviceCmd(stdout),
+		cmdCmd(stdout),
 		benchCmd(stdout, stderr),
 		&cobra.Command{
 			Use:   "version",

@@ -1,6 +1,7 @@
 // Package hub is the composition root of `fieldhub serve`: it builds the
-// stores, the CA, the registry, the ingest path, the broker and the API in
-// order, and stops them in the reverse order.
+// stores, the CA, the registry, the ingest path, the command and twin
+// services, the broker and the API in order, and stops them in the reverse
+// order.
 package hub
 
 import (
@@ -27,6 +28,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/internal/api"
 	"github.com/fieldhub/fieldhub/internal/broker"
+	"github.com/fieldhub/fieldhub/internal/command"
 	"github.com/fieldhub/fieldhub/internal/config"
 	"github.com/fieldhub/fieldhub/internal/pki"
 	"github.com/fieldhub/fieldhub/internal/registry"
@@ -34,7 +36,9 @@ import (
 	"github.com/fieldhub/fieldhub/internal/store/sqlite"
 	"github.com/fieldhub/fieldhub/internal/telemetry"
 	"github.com/fieldhub/fieldhub/internal/tsdb"
+	"github.com/fieldhub/fieldhub/internal/twin"
 	"github.com/fieldhub/fieldhub/payload"
+	"github.com/fieldhub/fieldhub/topic"
 )
 
 // Hub is a running hub. Create it with New, then Start; stop it with Shutdown.
@@ -50,6 +54,8 @@ type Hub struct {
 	devices    *registry.Service
 	presence   *presence
 	ingest     *telemetry.Ingester
+	commands   *command.Service
+	twins      *twin.Service
 	broker     *broker.Broker
 	api        *api.API
 	httpSrv    *http.Server
@@ -141,6 +147,25 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		Gateways:   h.devices,
 		Alerts:     h.regDB,
 	})
+	// Commands and twins publish through the broker, which is built next
+	// (brokerLink reads h.broker when called).
+	if h.commands, err = command.New(command.Options{
+		Store:      h.regDB,
+		Publisher:  brokerLink{h},
+		Logger:     h.log.With("component", "command"),
+		Registerer: h.reg,
+	}); err != nil {
+		return err
+	}
+	if h.twins, err = twin.New(twin.Options{
+		Store:      h.regDB,
+		Publisher:  brokerLink{h},
+		Logger:     h.log.With("component", "twin"),
+		Registerer: h.reg,
+	}); err != nil {
+		return err
+	}
+	h.presence.devices = h.commands
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
 	h.broker, err = broker.New(broker.Config{
 		TCPAddr:   off(cfg.MQTTAddr),
@@ -160,11 +185,12 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		MaxPacketSize: uint32(max(256<<10, 2*cfg.MaxPayloadBytes)),
 		Logger:        h.log,
 		Registerer:    h.reg,
-	}, h.devices, h.ingest, h.presence)
+	}, h.devices, ingester{h.ingest, h.commands, h.twins, h.presence.Seen}, h.presence)
 	if err != nil {
 		return err
 	}
 	h.presence.online = h.broker.Online
+	h.presence.count = h.broker.OnlineCount
 	h.devices.OnRevoke(func(id string) {
 		h.broker.Disconnect(id)
 	})
@@ -174,6 +200,8 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		Registry:   deviceAdmin{h},
 		Telemetry:  h.tdb,
 		Alerts:     h.regDB,
+		Commands:   h.commands,
+		Twins:      h.twins,
 		Presence:   h.presence,
 		CAPEM:      h.ca.CertPEM(),
 		Metrics:    promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{Registry: h.reg}),
@@ -196,6 +224,17 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	if err := h.broker.Start(ctx); err != nil {
 		return err
 	}
+	if err := h.broker.Subscribe(topic.Prefix+"/+/status", 1, h.presence.statusPublished); err != nil {
+		return err
+	}
+	// Retained messages live in the broker's memory: publish the stored
+	// desired twin documents again.
+	if n, err := h.twins.PublishAll(ctx); err != nil {
+		return err
+	} else if n > 0 {
+		h.log.Info("published desired twin states", "devices", n)
+	}
+	h.commands.Start()
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -230,6 +269,9 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	var errs []error
+	if h.commands != nil {
+		h.commands.StopWaiting() // ?wait= long polls answer now
+	}
 	if h.httpSrv != nil {
 		if err := h.httpSrv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stopping http: %w", err))
@@ -240,6 +282,12 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	if h.broker != nil {
 		if err := h.broker.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stopping broker: %w", err))
+		}
+	}
+	if h.commands != nil {
+		// After the broker: no answers come in any more.
+		if err := h.commands.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stopping commands: %w", err))
 		}
 	}
 	if h.ingest != nil {
@@ -299,8 +347,67 @@ func (h *Hub) Devices() *registry.Service { return h.devices }
 // Metrics returns the hub's metrics registry.
 func (h *Hub) Metrics() *prometheus.Registry { return h.reg }
 
+// ingester is the broker's Ingester: telemetry, batches and alerts to the
+// telemetry ingester, command answers to the command service, reported
+// twin patches to the twin service. A stored answer or patch marks the
+// device seen.
+type ingester struct {
+	*telemetry.Ingester
+	commands *command.Service
+	twins    *twin.Service
+	seen     func(device string, at time.Time)
+}
+
+// IngestResponse implements broker.ResponseIngester.
+func (i ingester) IngestResponse(device, cid string, correlation, payload []byte, done func(error)) {
+	i.commands.IngestResponse(device, cid, correlation, payload, i.markSeen(device, done))
+}
+
+// IngestReported implements broker.TwinIngester.
+func (i ingester) IngestReported(device string, payload []byte, done func(error)) {
+	i.twins.IngestReported(device, payload, i.markSeen(device, done))
+}
+
+func (i ingester) markSeen(device string, done func(error)) func(error) {
+	return func(err error) {
+		if err == nil {
+			i.seen(device, time.Now())
+		}
+		done(err)
+	}
+}
+
+// brokerLink publishes for the command and twin services through the
+// hub's broker.
+type brokerLink struct{ h *Hub }
+
+// PublishCommand implements command.Publisher.
+func (l brokerLink) PublishCommand(name string, payload []byte, responseTopic string, correlation []byte, expiry time.Duration) error {
+	if l.h.broker == nil {
+		return broker.ErrClosed
+	}
+	return l.h.broker.PublishMessage(broker.Message{
+		Topic: name, Payload: payload, QoS: 1,
+		ResponseTopic: responseTopic, CorrelationData: correlation,
+		ContentType: "application/json", Expiry: expiry,
+	})
+}
+
+// HasSubscriber implements command.Publisher.
+func (l brokerLink) HasSubscriber(name string) bool {
+	return l.h.broker != nil && l.h.broker.HasSubscriber(name)
+}
+
+// Publish implements twin.Publisher.
+func (l brokerLink) Publish(name string, payload []byte, retain bool, qos byte) error {
+	if l.h.broker == nil {
+		return broker.ErrClosed
+	}
+	return l.h.broker.Publish(name, payload, retain, qos)
+}
+
 // deviceAdmin is the registry as the API sees it: deleting a device also
-// deletes its telemetry and presence.
+// deletes its telemetry, presence, commands and twin.
 type deviceAdmin struct{ h *Hub }
 
 func (d deviceAdmin) Create(ctx context.Context, req registry.CreateRequest) (store.Device, registry.Credentials, error) {
@@ -327,7 +434,10 @@ func (d deviceAdmin) Delete(ctx context.Context, id string) error {
 	if err := d.h.tdb.DeleteDevice(ctx, id); err != nil {
 		return fmt.Errorf("deleting telemetry of %s: %w", id, err)
 	}
-	return nil
+	if err := d.h.commands.DeleteDevice(ctx, id); err != nil {
+		return err
+	}
+	return d.h.twins.Delete(ctx, id)
 }
 
 func off(addr string) string {

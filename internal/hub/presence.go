@@ -9,27 +9,46 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/topic"
 )
 
+// maxStatusLen bounds the status text kept per device.
+const maxStatusLen = 64
+
 // presence tracks when each device was last seen (connect, disconnect,
-// stored message) and writes the times to the registry now and then.
+// stored message) and writes the times to the registry now and then. It
+// implements broker.Presence and broker.SubscribeWatcher, passing
+// connects and subscriptions on to the command service, and keeps the
+// last status each device (or its will) published on devices/{id}/status.
 type presence struct {
 	online func(id string) bool
-	st     store.Registry
-	log    *slog.Logger
+	count  func() int
+	// devices is told of connects and subscriptions (the command
+	// service); set before the broker starts.
+	devices deviceWatcher
+	st      store.Registry
+	log     *slog.Logger
 
-	mu    sync.Mutex
-	seen  map[string]time.Time
-	dirty map[string]time.Time
+	mu     sync.Mutex
+	seen   map[string]time.Time
+	dirty  map[string]time.Time
+	status map[string]string
 
 	connects, disconnects prometheus.Counter
+}
+
+// deviceWatcher is told when a device connects and what clients subscribe to.
+type deviceWatcher interface {
+	Connected(device string)
+	Subscribed(clientID string, filters []string)
 }
 
 func newPresence(st store.Registry, log *slog.Logger, reg prometheus.Registerer) *presence {
 	p := &presence{
 		st: st, log: log,
-		seen:  make(map[string]time.Time),
-		dirty: make(map[string]time.Time),
+		seen:   make(map[string]time.Time),
+		dirty:  make(map[string]time.Time),
+		status: make(map[string]string),
 		connects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "fieldhub_devices_connected_total", Help: "Device sessions established.",
 		}),
@@ -37,7 +56,15 @@ func newPresence(st store.Registry, log *slog.Logger, reg prometheus.Registerer)
 			Name: "fieldhub_devices_disconnected_total", Help: "Device sessions ended.",
 		}),
 	}
-	reg.MustRegister(p.connects, p.disconnects)
+	online := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "fieldhub_devices_online", Help: "Devices with a live MQTT session.",
+	}, func() float64 {
+		if p.count == nil {
+			return 0
+		}
+		return float64(p.count())
+	})
+	reg.MustRegister(p.connects, p.disconnects, online)
 	return p
 }
 
@@ -45,12 +72,50 @@ func newPresence(st store.Registry, log *slog.Logger, reg prometheus.Registerer)
 func (p *presence) Connected(id string, at time.Time) {
 	p.connects.Inc()
 	p.Seen(id, at)
+	if p.devices != nil {
+		p.devices.Connected(id)
+	}
 }
 
 // Disconnected implements broker.Presence.
 func (p *presence) Disconnected(id string, at time.Time) {
 	p.disconnects.Inc()
 	p.Seen(id, at)
+}
+
+// Subscribed implements broker.SubscribeWatcher.
+func (p *presence) Subscribed(clientID string, filters []string) {
+	if p.devices != nil {
+		p.devices.Subscribed(clientID, filters)
+	}
+}
+
+// statusPublished records a message on devices/{id}/status: the device's
+// own "online", or its will's "offline".
+func (p *presence) statusPublished(name string, payload []byte) {
+	t, err := topic.Parse(name)
+	if err != nil || t.Kind != topic.KindStatus {
+		return
+	}
+	s := string(payload)
+	if len(s) > maxStatusLen {
+		s = s[:maxStatusLen]
+	}
+	p.mu.Lock()
+	if s == "" {
+		delete(p.status, t.Device) // a cleared retained status
+	} else {
+		p.status[t.Device] = s
+	}
+	p.mu.Unlock()
+}
+
+// Status returns the last status id published on devices/{id}/status
+// since the hub started ("" when none).
+func (p *presence) Status(id string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.status[id]
 }
 
 // Seen records activity of id at time at.
@@ -78,6 +143,7 @@ func (p *presence) Forget(id string) {
 	p.mu.Lock()
 	delete(p.seen, id)
 	delete(p.dirty, id)
+	delete(p.status, id)
 	p.mu.Unlock()
 }
 

@@ -5,6 +5,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -21,6 +22,9 @@ var (
 	// ErrInvalidQuery: a query the backend cannot answer as asked (a bad
 	// cursor, an aggregate that does not apply to the metric's kind).
 	ErrInvalidQuery = errors.New("invalid query")
+	// ErrConflict: a compare-and-set write (UpdateCommand, PutTwinDoc)
+	// found another state or version than the expected one.
+	ErrConflict = errors.New("conflict")
 )
 
 // Appender stores telemetry durably.
@@ -210,4 +214,136 @@ type Alerts interface {
 	// ListAlerts returns alerts newest first (TS descending, then the
 	// reverse of arrival). A malformed Before is ErrInvalidQuery.
 	ListAlerts(ctx context.Context, q AlertQuery) (AlertPage, error)
+}
+
+// CommandState is where a command is in its life (DESIGN §4): queued →
+// sent → succeeded | failed | expired; a queued command may also expire.
+type CommandState string
+
+// Command states.
+const (
+	CommandQueued    CommandState = "queued"    // waiting for the device to be reachable
+	CommandSent      CommandState = "sent"      // published to the device, no answer yet
+	CommandSucceeded CommandState = "succeeded" // the device answered "ok"
+	CommandFailed    CommandState = "failed"    // the device answered "error"
+	CommandExpired   CommandState = "expired"   // no answer before ExpiresAt
+)
+
+// Terminal reports whether s is a final state.
+func (s CommandState) Terminal() bool {
+	return s == CommandSucceeded || s == CommandFailed || s == CommandExpired
+}
+
+// Valid reports whether s is a known state.
+func (s CommandState) Valid() bool {
+	return s == CommandQueued || s == CommandSent || s.Terminal()
+}
+
+// Command is a stored command for a device.
+type Command struct {
+	ID     string
+	Device string
+	Name   string
+	Params json.RawMessage // a JSON object
+	State  CommandState
+
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	// SentAt is the time of the latest publish to the device (zero while
+	// it was never sent); Attempts counts the publishes.
+	SentAt   time.Time
+	Attempts int
+	// CompletedAt is when the command succeeded, failed or expired.
+	CompletedAt time.Time
+
+	Result json.RawMessage // the device's result, any JSON value; nil when none
+	Error  string          // the device's error message (failed)
+}
+
+// CommandQuery selects the commands of one device, newest first.
+type CommandQuery struct {
+	Device string
+	// Before resumes a listing from CommandPage.Next.
+	Before string
+	// Limit bounds the commands returned; 0 means no limit.
+	Limit int
+}
+
+// CommandPage is the answer to a CommandQuery.
+type CommandPage struct {
+	Commands []Command
+	Next     string // cursor for the rest, "" when complete
+}
+
+// Commands stores commands durably: every write has returned only once it
+// is durable.
+type Commands interface {
+	// CreateCommand stores a new command. ErrExists when c.ID is taken.
+	CreateCommand(ctx context.Context, c Command) error
+	// GetCommand returns a command. ErrNotFound.
+	GetCommand(ctx context.Context, id string) (Command, error)
+	// ListCommands returns a device's commands, newest first (CreatedAt
+	// descending, then the reverse of creation). A malformed Before is
+	// ErrInvalidQuery.
+	ListCommands(ctx context.Context, q CommandQuery) (CommandPage, error)
+	// PendingCommands returns the queued and sent commands of a device,
+	// oldest first.
+	PendingCommands(ctx context.Context, device string) ([]Command, error)
+	// UpdateCommand stores c's State, SentAt, Attempts, CompletedAt,
+	// Result and Error if the stored command c.ID is in one of the states
+	// from: ErrNotFound when there is no such command, ErrConflict when it
+	// is in another state.
+	UpdateCommand(ctx context.Context, c Command, from ...CommandState) error
+	// ExpireCommands marks at most limit (0: no limit) queued or sent
+	// commands whose ExpiresAt is not after now as expired (CompletedAt =
+	// now) and returns them as stored, with the earliest ExpiresAt of the
+	// queued and sent commands left (zero when none).
+	ExpireCommands(ctx context.Context, now time.Time, limit int) (expired []Command, next time.Time, err error)
+	// DeleteCommands deletes every command of a device.
+	DeleteCommands(ctx context.Context, device string) error
+	// PruneCommands deletes succeeded, failed and expired commands
+	// completed before t and returns how many it deleted.
+	PruneCommands(ctx context.Context, before time.Time) (int, error)
+}
+
+// TwinSide names one of a twin's two documents.
+type TwinSide string
+
+// The two documents of a twin.
+const (
+	TwinDesired  TwinSide = "desired"  // what the operator wants
+	TwinReported TwinSide = "reported" // what the device says it has
+)
+
+// TwinDoc is one document of a twin.
+type TwinDoc struct {
+	// Version is 0 until the document is first written and grows with
+	// every write.
+	Version int64
+	// State is a JSON object; nil while Version is 0.
+	State     json.RawMessage
+	UpdatedAt time.Time
+}
+
+// Twin is a device's desired and reported documents.
+type Twin struct {
+	Device   string
+	Desired  TwinDoc
+	Reported TwinDoc
+}
+
+// Twins stores device twins durably.
+type Twins interface {
+	// GetTwin returns the twin of device; a device whose twin was never
+	// written has two zero documents (and no error).
+	GetTwin(ctx context.Context, device string) (Twin, error)
+	// PutTwinDoc replaces the side document of device with doc if the
+	// stored document's version is prev (0 when never written), else
+	// returns ErrConflict. doc.Version must be greater than prev.
+	PutTwinDoc(ctx context.Context, device string, side TwinSide, prev int64, doc TwinDoc) error
+	// ListTwins returns up to limit (0: no limit) twins whose device id
+	// is greater than after, in device order.
+	ListTwins(ctx context.Context, after string, limit int) ([]Twin, error)
+	// DeleteTwin deletes the twin of device (no error when it has none).
+	DeleteTwin(ctx context.Context, device string) error
 }

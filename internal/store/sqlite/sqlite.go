@@ -1,6 +1,7 @@
-// Package sqlite is the embedded registry store: store.Registry, store.KV
-// and store.Alerts on one SQLite file (by convention DIR/registry.db)
-// through the pure-Go modernc.org/sqlite driver.
+// Package sqlite is the embedded registry store: store.Registry, store.KV,
+// store.Alerts, store.Commands and store.Twins on one SQLite file (by
+// convention DIR/registry.db) through the pure-Go modernc.org/sqlite
+// driver.
 //
 // The file is opened in WAL mode. Every registry change is committed with
 // synchronous=FULL, so it survives a power cut once the call returns; the
@@ -54,6 +55,8 @@ var (
 	_ store.Registry = (*DB)(nil)
 	_ store.KV       = (*DB)(nil)
 	_ store.Alerts   = (*DB)(nil)
+	_ store.Commands = (*DB)(nil)
+	_ store.Twins    = (*DB)(nil)
 )
 
 // migrations[i] moves the schema from version i to i+1. Append only; never
@@ -96,6 +99,35 @@ var migrations = []string{
 	CREATE INDEX alerts_device_ts ON alerts (device, ts, id);
 	CREATE INDEX alerts_severity_ts ON alerts (severity, ts, id);
 	CREATE INDEX devices_gateway ON devices (gateway) WHERE gateway != '';`,
+	// 3: commands and twins.
+	`CREATE TABLE commands (
+		seq          INTEGER PRIMARY KEY AUTOINCREMENT, -- creation order
+		id           TEXT NOT NULL UNIQUE,
+		device       TEXT NOT NULL,
+		name         TEXT NOT NULL,
+		params       TEXT NOT NULL,           -- JSON object
+		state        TEXT NOT NULL,           -- queued, sent, succeeded, failed, expired
+		created_at   INTEGER NOT NULL,        -- Unix ns
+		expires_at   INTEGER NOT NULL,
+		sent_at      INTEGER NOT NULL DEFAULT 0, -- 0 = never
+		attempts     INTEGER NOT NULL DEFAULT 0,
+		completed_at INTEGER NOT NULL DEFAULT 0,
+		result       TEXT,                    -- JSON value or NULL
+		error        TEXT NOT NULL DEFAULT ''
+	);
+	CREATE INDEX commands_device ON commands (device, created_at, seq);
+	CREATE INDEX commands_pending ON commands (device, seq) WHERE state IN ('queued', 'sent');
+	CREATE INDEX commands_expiry ON commands (expires_at) WHERE state IN ('queued', 'sent');
+	CREATE INDEX commands_completed ON commands (completed_at) WHERE state IN ('succeeded', 'failed', 'expired');
+	CREATE TABLE twins (
+		device           TEXT PRIMARY KEY NOT NULL,
+		desired_version  INTEGER NOT NULL DEFAULT 0,
+		desired          TEXT,                -- JSON object, NULL until written
+		desired_updated  INTEGER NOT NULL DEFAULT 0,
+		reported_version INTEGER NOT NULL DEFAULT 0,
+		reported         TEXT,
+		reported_updated INTEGER NOT NULL DEFAULT 0
+	);`,
 }
 
 // Open opens (creating when missing) the registry database at path and

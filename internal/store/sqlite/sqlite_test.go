@@ -36,6 +36,14 @@ func TestAlerts(t *testing.T) {
 	storetest.TestAlerts(t, func(t *testing.T) store.Alerts { return openTemp(t) })
 }
 
+func TestCommands(t *testing.T) {
+	storetest.TestCommands(t, func(t *testing.T) store.Commands { return openTemp(t) })
+}
+
+func TestTwins(t *testing.T) {
+	storetest.TestTwins(t, func(t *testing.T) store.Twins { return openTemp(t) })
+}
+
 // TestAlertRetention: appending beyond maxAlerts deletes the oldest by
 // arrival, whatever their times.
 func TestAlertRetention(t *testing.T) {
