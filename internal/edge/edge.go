@@ -120,6 +120,7 @@ func (e *Edge) Start(ctx context.Context) (err error) {
 	if e.up, err = newUplink(cfg, e.spool, e.m, e.log.With("component", "uplink")); err != nil {
 		return err
 	}
+	e.up.relay = e.relayCommand
 	if err := e.broker.Start(ctx); err != nil {
 		return fmt.Errorf("listen.mqtt_addr: %w", err)
 	}

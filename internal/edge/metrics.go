@@ -14,6 +14,7 @@ type metrics struct {
 	uplinkBytes    prometheus.Counter
 	batchLatency   prometheus.Histogram
 	hubRefusedRecs prometheus.Counter
+	commands       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,6 +37,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		hubRefusedRecs: prometheus.NewCounter(prometheus.CounterOpts{Name: "fieldhub_edge_uplink_refused_records_total",
 			Help: "Spool records in batches the hub refused for good (also counted in fieldhub_edge_dropped_total)."}),
 	}
-	reg.MustRegister(m.readings, m.refused, m.dropped, m.alerts, m.connected, m.reconnects, m.batches, m.uplinked, m.uplinkBytes, m.batchLatency, m.hubRefusedRecs)
+	m.commands = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fieldhub_edge_commands_total",
+		Help: "Commands from the hub for sensors behind the gateway: received, answered (forwarded to the hub), sensor_offline (failed at once)."}, []string{"event"})
+	reg.MustRegister(m.commands, m.readings, m.refused, m.dropped, m.alerts, m.connected, m.reconnects, m.batches, m.uplinked, m.uplinkBytes, m.batchLatency, m.hubRefusedRecs)
 	return m
 }

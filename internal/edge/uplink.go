@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -31,6 +32,9 @@ type uplink struct {
 	log      *slog.Logger
 
 	connected atomic.Bool
+	cur       atomic.Pointer[paho.Client] // the live connection, nil while down
+	// relay hands a command from the hub to the local broker.
+	relay func(p *paho.Publish)
 }
 
 func newUplink(cfg Config, sp *spool.Spool, m *metrics, log *slog.Logger) (*uplink, error) {
@@ -89,11 +93,13 @@ func (u *uplink) run(ctx context.Context) {
 			continue
 		}
 		backoff = minB
+		u.cur.Store(c)
 		u.connected.Store(true)
 		u.m.connected.Set(1)
 		u.log.Info("uplink connected", "hub", u.cfg.Hub.Addr)
 		u.sp.Rewind() // resend whatever the hub has not acknowledged
 		err = u.pump(ctx, c)
+		u.cur.Store(nil)
 		u.connected.Store(false)
 		u.m.connected.Set(0)
 		c.Disconnect(&paho.Disconnect{})
@@ -117,7 +123,14 @@ func (u *uplink) connect(ctx context.Context) (*paho.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := paho.NewClient(paho.ClientConfig{Conn: conn})
+	c := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+		func(pr paho.PublishReceived) (bool, error) {
+			if u.relay != nil {
+				u.relay(pr.Packet)
+			}
+			return true, nil
+		},
+	}})
 	cp := &paho.Connect{ClientID: u.cfg.ID, KeepAlive: 30, CleanStart: true}
 	if len(u.password) > 0 {
 		cp.Username, cp.UsernameFlag = u.cfg.ID, true
@@ -131,8 +144,41 @@ func (u *uplink) connect(ctx context.Context) (*paho.Client, error) {
 		}
 		return nil, err
 	}
+	// Commands for the sensors behind this gateway, relayed to the local
+	// broker. The hub delivers a command only while a subscription for it
+	// exists, so subscribing on every connection is what resumes them.
+	var subs []paho.SubscribeOptions
+	for _, s := range u.cfg.Sensors {
+		subs = append(subs, paho.SubscribeOptions{Topic: topic.Command(s.ID, "+"), QoS: 1})
+	}
+	for len(subs) > 0 {
+		n := min(len(subs), 100)
+		if _, err := c.Subscribe(dctx, &paho.Subscribe{Subscriptions: subs[:n]}); err != nil {
+			c.Disconnect(&paho.Disconnect{})
+			return nil, fmt.Errorf("subscribing to the sensors' commands: %w", err)
+		}
+		subs = subs[n:]
+	}
 	return c, nil
 }
+
+// publish sends a message to the hub on the live connection, waiting for
+// its PUBACK.
+func (u *uplink) publish(ctx context.Context, p *paho.Publish) error {
+	c := u.cur.Load()
+	if c == nil {
+		return errUplinkDown
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := c.Publish(ctx, p)
+	if resp != nil && resp.ReasonCode >= 0x80 {
+		return fmt.Errorf("hub refused %s: reason 0x%02x", p.Topic, resp.ReasonCode)
+	}
+	return err
+}
+
+var errUplinkDown = errors.New("uplink to the hub is down")
 
 // pump sends batches until the connection or ctx ends.
 func (u *uplink) pump(ctx context.Context, c *paho.Client) error {
