@@ -58,6 +58,10 @@ type Stats struct {
 	CommandsExpired uint64 // commands skipped because their expiry had passed
 }
 
+// receiveMaximum is the most QoS 1 messages the hub may have in flight
+// to the device at once.
+const receiveMaximum = 32
+
 // Client is a connected device. Its methods are safe for concurrent use.
 // Create it with Connect and release it with Close.
 type Client struct {
@@ -514,6 +518,10 @@ func (c *Client) dial(ctx context.Context) (*conn, error) {
 		},
 	})
 	expiry := uint32(c.cfg.SessionExpiry / time.Second)
+	// A device receives few messages at a time (commands, desired state):
+	// a small Receive Maximum keeps paho from sizing its inbound queue for
+	// 65,535 (half a megabyte per client).
+	recvMax := uint16(receiveMaximum)
 	cp := &paho.Connect{
 		ClientID:     c.cfg.DeviceID,
 		Username:     c.cfg.DeviceID,
@@ -522,7 +530,7 @@ func (c *Client) dial(ctx context.Context) (*conn, error) {
 		PasswordFlag: c.cfg.Password != "",
 		KeepAlive:    uint16(c.cfg.KeepAlive / time.Second),
 		CleanStart:   false,
-		Properties:   &paho.ConnectProperties{SessionExpiryInterval: &expiry, RequestProblemInfo: true},
+		Properties:   &paho.ConnectProperties{SessionExpiryInterval: &expiry, ReceiveMaximum: &recvMax, RequestProblemInfo: true},
 		WillMessage:  &paho.WillMessage{Retain: true, QoS: 1, Topic: c.topics.status, Payload: []byte(StatusOffline)},
 	}
 	ack, err := cli.Connect(dctx, cp)

@@ -41,6 +41,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		deviceCmd(stdout),
 		cmdCmd(stdout),
 		benchCmd(stdout, stderr),
+		simCmd(stdout, stderr),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print the version",

@@ -1,5 +1,13 @@
 // Package sim simulates devices that publish realistic telemetry over real
-// MQTT connections. The demo uses it; later the fleet simulator grows here.
+// MQTT connections.
+//
+// Waveforms (Sine, RandomWalk, Steps, Vibration, Constant, and Anomaly
+// around any of them) produce the readings. Run is the demo's lean device
+// loop. Fleet is `fieldhub sim`: many devices built on the device SDK
+// from a Scenario (flags or YAML), with ramp-up, command answers
+// ("reboot", "set_interval", "*" echoing its params), twin reporting and a
+// desired "interval"; SenML devices use the package's own MQTT client,
+// since the SDK publishes JSON only.
 package sim
 
 import (
