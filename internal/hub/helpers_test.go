@@ -19,7 +19,6 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/fieldhub/fieldhub/internal/config"
 	"github.com/fieldhub/fieldhub/internal/hub"
@@ -221,8 +220,6 @@ func (h *testHub) counter(name string, labels ...string) float64 {
 	}
 	return 0
 }
-
-var _ = testutil.ToFloat64
 
 // msg5 connects an MQTT 5 client (paho.golang) or returns the refusal.
 func dial5(t *testing.T, addr string, tlsCfg *tls.Config, id, user, password string) (*paho.Client, *paho.Connack, error) {
