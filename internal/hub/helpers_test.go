@@ -221,7 +221,7 @@ func (h *testHub) counter(name string, labels ...string) float64 {
 	return 0
 }
 
-// msg5 connects an MQTT 5 client (paho.golang) or returns the refusal.
+// dial5 connects an MQTT 5 client (paho.golang) or returns the refusal.
 func dial5(t *testing.T, addr string, tlsCfg *tls.Config, id, user, password string) (*paho.Client, *paho.Connack, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
