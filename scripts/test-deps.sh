@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine: Mosquitto's
 # broker and command-line clients (stock clients act as devices in the
-# tests, and Mosquitto is the baseline broker of the benchmarks).
+# tests, and Mosquitto is the baseline broker of the benchmarks), and
+# Chromium (the dashboard's browser tests drive it headless).
 set -euo pipefail
 need=()
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null && [ -x "$(command -v mosquitto)" ] || need+=(mosquitto)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

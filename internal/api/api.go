@@ -62,9 +62,6 @@ type API struct {
 //go:embed openapi.json
 var openapi []byte
 
-//go:embed index.html
-var index []byte
-
 // New returns the API handler.
 func New(o Options) *API {
 	if o.Logger == nil {
@@ -75,10 +72,6 @@ func New(o Options) *API {
 	}
 	a := &API{o: o, mux: http.NewServeMux()}
 	m := a.mux
-	m.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Write(index)
-	})
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	m.HandleFunc("GET /readyz", a.readyz)
 	if o.Metrics != nil {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -76,7 +77,10 @@ func (h *testHub) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := h.Shutdown(ctx); err != nil {
-		h.t.Errorf("shutdown: %v", err)
+		// A bounded shutdown that ran out of time: show what was stuck.
+		var b strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&b, 1)
+		h.t.Errorf("shutdown: %v\ngoroutines:\n%s", err, b.String())
 	}
 }
 

@@ -37,6 +37,7 @@ import (
 	"github.com/fieldhub/fieldhub/internal/telemetry"
 	"github.com/fieldhub/fieldhub/internal/tsdb"
 	"github.com/fieldhub/fieldhub/internal/twin"
+	"github.com/fieldhub/fieldhub/internal/web"
 	"github.com/fieldhub/fieldhub/payload"
 	"github.com/fieldhub/fieldhub/topic"
 )
@@ -174,6 +175,8 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		WSSAddr:   off(cfg.WSSAddr),
 		TLS:       tlsCfg,
 		ClientCAs: h.ca.Pool(),
+		// Clients that present only their own certificate still chain.
+		ClientIntermediates: h.ca.Intermediates(),
 		VerifyClient: func(certs []*x509.Certificate) error {
 			_, err := h.ca.VerifyClient(certs, time.Now())
 			return err
@@ -208,6 +211,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		Ready:      h.ready,
 		Logger:     h.log.With("component", "api"),
 	})
+	web.Mount(h.api, web.Options{Registry: deviceAdmin{h}, Presence: h.presence})
 	if h.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("http_addr: %w", err)
 	}
