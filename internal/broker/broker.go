@@ -491,6 +491,7 @@ func (b *Broker) Start(ctx context.Context) error {
 			log:            b.log.With("listener", a.name),
 			closed:         make(chan struct{}),
 			served:         make(chan struct{}),
+			closeClients:   b.closeListenerClients,
 		}
 		if a.name == ListenerTLS || a.name == ListenerWSS {
 			l.tlsCfg = b.tlsCfg
@@ -747,6 +748,19 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		b.log.Warn("broker shutdown incomplete", "error", b.shutErr)
 	}
 	return b.shutErr
+}
+
+// closeListenerClients disconnects the clients of one listener at
+// shutdown. It replaces mochi's own (v2.7.9), whose Clients.GetByListener
+// takes the clients' read lock twice and so deadlocks against a concurrent
+// Clients.Delete of a client that is just going away (seen as a shutdown
+// hanging until its deadline).
+func (b *Broker) closeListenerClients(id string) {
+	for _, cl := range b.server.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			_ = b.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // waitCtx runs wait in a goroutine and returns when it returns or ctx ends.

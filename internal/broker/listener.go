@@ -31,6 +31,9 @@ type listener struct {
 	log            *slog.Logger
 	httpSrv        *http.Server // WebSocket listeners only
 	establish      listeners.EstablishFn
+	// closeClients disconnects this listener's clients; it stands in for
+	// the CloseFn mochi passes to Close (see Broker.closeListenerClients).
+	closeClients func(listenerID string)
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed by stopAccepting
@@ -117,6 +120,10 @@ func (l *listener) stopAccepting() {
 // this listener's clients.
 func (l *listener) Close(closeClients listeners.CloseFn) {
 	l.stopAccepting()
+	if l.closeClients != nil {
+		l.closeClients(l.id)
+		return
+	}
 	closeClients(l.id)
 }
 
