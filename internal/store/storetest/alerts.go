@@ -19,24 +19,14 @@ import (
 // an unlimited listing, also when several alerts share a time.
 func TestAlerts(t *testing.T, open func(t *testing.T) store.Alerts) {
 	t.Helper()
-	tests := []struct {
-		name string
-		fn   func(ctx context.Context, t *testing.T, s store.Alerts)
-	}{
+	runSuite(t, open, []subtest[store.Alerts]{
 		{"AppendList", alAppendList},
 		{"Empty", alEmpty},
 		{"Filters", alFilters},
 		{"Paging", alPaging},
 		{"Resend", alResend},
 		{"BadCursor", alBadCursor},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			tt.fn(ctx, t, open(t))
-		})
-	}
+	})
 }
 
 // alT is the time base of the alert tests, with nanoseconds.

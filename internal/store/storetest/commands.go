@@ -20,10 +20,7 @@ import (
 // when several commands share a creation time.
 func TestCommands(t *testing.T, open func(t *testing.T) store.Commands) {
 	t.Helper()
-	tests := []struct {
-		name string
-		fn   func(ctx context.Context, t *testing.T, s store.Commands)
-	}{
+	runSuite(t, open, []subtest[store.Commands]{
 		{"CreateGet", cmdCreateGet},
 		{"Transitions", cmdTransitions},
 		{"Pending", cmdPending},
@@ -31,14 +28,7 @@ func TestCommands(t *testing.T, open func(t *testing.T) store.Commands) {
 		{"Expire", cmdExpire},
 		{"DeletePrune", cmdDeletePrune},
 		{"BadQuery", cmdBadQuery},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			tt.fn(ctx, t, open(t))
-		})
-	}
+	})
 }
 
 // cmdT is the time base of the command tests, with nanoseconds.

@@ -26,10 +26,7 @@ import (
 //   - SetLastSeen ignores ids that are not registered.
 func TestRegistry(t *testing.T, open func(t *testing.T) store.Registry) {
 	t.Helper()
-	tests := []struct {
-		name string
-		fn   func(ctx context.Context, t *testing.T, r store.Registry)
-	}{
+	runSuite(t, open, []subtest[store.Registry]{
 		{"CreateGet", regCreateGet},
 		{"CreateExists", regCreateExists},
 		{"ConcurrentCreate", regConcurrentCreate},
@@ -43,14 +40,7 @@ func TestRegistry(t *testing.T, open func(t *testing.T) store.Registry) {
 		{"UpdateNotFound", regUpdateNotFound},
 		{"Delete", regDelete},
 		{"SetLastSeen", regSetLastSeen},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			tt.fn(ctx, t, open(t))
-		})
-	}
+	})
 }
 
 // regT is the time base of the registry tests: microsecond precision, in a

@@ -18,22 +18,12 @@ import (
 // UTC; the two sides of a twin are versioned independently.
 func TestTwins(t *testing.T, open func(t *testing.T) store.Twins) {
 	t.Helper()
-	tests := []struct {
-		name string
-		fn   func(ctx context.Context, t *testing.T, s store.Twins)
-	}{
+	runSuite(t, open, []subtest[store.Twins]{
 		{"Empty", twEmpty},
 		{"PutGet", twPutGet},
 		{"Conflicts", twConflicts},
 		{"ListDelete", twListDelete},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			tt.fn(ctx, t, open(t))
-		})
-	}
+	})
 }
 
 func twinDoc(v int64, state string, sec int) store.TwinDoc {
