@@ -45,6 +45,7 @@ type Options struct {
 	Alerts     AlertLister // nil leaves GET /api/v1/alerts out
 	Commands   Commands    // nil leaves the command routes out
 	Twins      Twins       // nil leaves the twin routes out
+	Live       Live        // nil leaves GET …/telemetry/live out
 	Presence   Presence
 	CAPEM      []byte
 	Metrics    http.Handler // served at /metrics
@@ -93,6 +94,9 @@ func New(o Options) *API {
 	m.Handle("POST /api/v1/devices/{id}/credentials", auth(a.rotate))
 	m.Handle("GET /api/v1/devices/{id}/telemetry", auth(a.telemetry))
 	m.Handle("GET /api/v1/devices/{id}/telemetry/latest", auth(a.latest))
+	if o.Live != nil {
+		m.Handle("GET /api/v1/devices/{id}/telemetry/live", auth(a.liveStream))
+	}
 	if o.Alerts != nil {
 		m.Handle("GET /api/v1/alerts", auth(a.alerts))
 	}

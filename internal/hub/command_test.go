@@ -87,7 +87,22 @@ func dial5Handler(t *testing.T, addr string, tlsCfg *tls.Config, id, password st
 		t.Fatal(err)
 	}
 	c.AddOnPublishReceived(func(pr paho.PublishReceived) (bool, error) {
-		go fn(pr.Client, pr.Packet)
+		go fn(pr.Client, pr.Packet) // fn may publish: not on paho's router goroutine
+		return true, nil
+	})
+	return c
+}
+
+// dial5Recorder connects a device that records the commands it receives
+// in arrival order (on paho's router goroutine, which keeps that order).
+func dial5Recorder(t *testing.T, addr string, id, password string, rec *recorder) *paho.Client {
+	t.Helper()
+	c, _, err := dial5(t, addr, nil, id, id, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.AddOnPublishReceived(func(pr paho.PublishReceived) (bool, error) {
+		rec.handle(pr.Client, pr.Packet)
 		return true, nil
 	})
 	return c
@@ -392,7 +407,7 @@ func TestCommandWaitsForOfflineDevice(t *testing.T) {
 	}
 	// Connecting is not enough: the device must listen for commands.
 	var rec recorder
-	c := dial5Handler(t, addr, nil, d.ID, d.Password, rec.handle)
+	c := dial5Recorder(t, addr, d.ID, d.Password, &rec)
 	time.Sleep(200 * time.Millisecond)
 	if got := h.getCommand(first.ID, ""); got.State != "queued" {
 		t.Errorf("before subscribing: %s; want queued", got.State)
@@ -409,7 +424,7 @@ func TestCommandWaitsForOfflineDevice(t *testing.T) {
 	c.Disconnect(&paho.Disconnect{})
 	eventually(t, 5*time.Second, "device offline", func() bool { return !h.online(d.ID) })
 	var rec2 recorder
-	c2 := dial5Handler(t, addr, nil, d.ID, d.Password, rec2.handle)
+	c2 := dial5Recorder(t, addr, d.ID, d.Password, &rec2)
 	subscribe5(t, c2, topic.Prefix+"/"+d.ID+"/commands/#")
 	eventually(t, 5*time.Second, "unanswered commands sent again", func() bool { return len(rec2.ids()) == 2 })
 	if got := h.getCommand(second.ID, ""); got.Attempts != 2 {
@@ -438,7 +453,7 @@ func TestExpiredCommandNeverDelivered(t *testing.T) {
 		t.Errorf("expired %v after its expiry; want within 1 s", d)
 	}
 	var rec recorder
-	c := dial5Handler(t, addr, nil, d.ID, d.Password, rec.handle)
+	c := dial5Recorder(t, addr, d.ID, d.Password, &rec)
 	subscribe5(t, c, topic.Prefix+"/"+d.ID+"/commands/#")
 	eventually(t, 5*time.Second, "the live command delivered", func() bool { return len(rec.ids()) >= 1 })
 	time.Sleep(300 * time.Millisecond)
@@ -468,7 +483,7 @@ func TestCommandsSurviveRestart(t *testing.T) {
 	// One command sent and not answered, one queued, one that expires
 	// while the hub is down.
 	var rec recorder
-	c := dial5Handler(t, h.Addr("mqtt").String(), nil, d.ID, d.Password, rec.handle)
+	c := dial5Recorder(t, h.Addr("mqtt").String(), d.ID, d.Password, &rec)
 	subscribe5(t, c, topic.Prefix+"/"+d.ID+"/commands/#")
 	sent := h.sendCommand(d.ID, "sent", nil, "")
 	if sent.State != "sent" {

@@ -30,6 +30,7 @@ import (
 	"github.com/fieldhub/fieldhub/internal/broker"
 	"github.com/fieldhub/fieldhub/internal/command"
 	"github.com/fieldhub/fieldhub/internal/config"
+	"github.com/fieldhub/fieldhub/internal/live"
 	"github.com/fieldhub/fieldhub/internal/pki"
 	"github.com/fieldhub/fieldhub/internal/registry"
 	"github.com/fieldhub/fieldhub/internal/store"
@@ -56,6 +57,7 @@ type Hub struct {
 	presence   *presence
 	ingest     *telemetry.Ingester
 	commands   *command.Service
+	live       *live.Broadcaster
 	twins      *twin.Service
 	broker     *broker.Broker
 	api        *api.API
@@ -140,6 +142,8 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	h.presence = newPresence(h.regDB, h.log.With("component", "presence"), h.reg)
 	// Gateways act for the devices registered behind them (the registry's
 	// cached IsChild/IsGateway); alerts go to the registry database.
+	// Stored telemetry is fanned out to the live streams of the API.
+	h.live = live.New(live.Options{Registerer: h.reg})
 	h.ingest = telemetry.New(h.tdb, telemetry.Options{
 		Limits:     payload.Limits{MaxBytes: cfg.MaxPayloadBytes, MaxPoints: cfg.MaxPointsPerMessage},
 		Logger:     h.log.With("component", "ingest"),
@@ -147,6 +151,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		Seen:       h.presence.Seen,
 		Gateways:   h.devices,
 		Alerts:     h.regDB,
+		Stored:     h.live.Publish,
 	})
 	// Commands and twins publish through the broker, which is built next
 	// (brokerLink reads h.broker when called).
@@ -205,6 +210,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		Alerts:     h.regDB,
 		Commands:   h.commands,
 		Twins:      h.twins,
+		Live:       h.live,
 		Presence:   h.presence,
 		CAPEM:      h.ca.CertPEM(),
 		Metrics:    promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{Registry: h.reg}),
@@ -275,6 +281,9 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	var errs []error
 	if h.commands != nil {
 		h.commands.StopWaiting() // ?wait= long polls answer now
+	}
+	if h.live != nil {
+		h.live.Close() // live telemetry streams end now
 	}
 	if h.httpSrv != nil {
 		if err := h.httpSrv.Shutdown(ctx); err != nil {

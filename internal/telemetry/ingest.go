@@ -33,6 +33,11 @@ type Options struct {
 	Gateways Gateways
 	// Alerts stores alerts; without it alerts are refused (no_alert_store).
 	Alerts store.Alerts
+	// Stored, when set, is handed every message once it is durably stored
+	// (not duplicates, nor refused or failed ones), readings of gateway
+	// batches included. It runs on the store's committer goroutine: it must
+	// only hand off, never block, and must not change m.
+	Stored func(m *payload.Message)
 }
 
 // Gateways tells whether a device is registered behind a gateway. The
@@ -55,6 +60,7 @@ type Ingester struct {
 	log      *slog.Logger
 	now      func() time.Time
 	seen     func(string, time.Time)
+	stored   func(*payload.Message)
 
 	messages *prometheus.CounterVec // by result
 	refused  *prometheus.CounterVec // by reason
@@ -99,6 +105,7 @@ func New(app store.Appender, o Options) *Ingester {
 		log:      o.Logger,
 		now:      o.Now,
 		seen:     o.Seen,
+		stored:   o.Stored,
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fieldhub_telemetry_messages_total",
 			Help: "Telemetry messages by outcome: stored, duplicate (acknowledged, stored once), refused (invalid payload), failed (storage error, not acknowledged).",
@@ -170,6 +177,9 @@ func (in *Ingester) store(m *payload.Message, now time.Time, done func(error)) {
 			in.latency.Observe(time.Since(start).Seconds())
 			if in.seen != nil {
 				in.seen(m.Device, now)
+			}
+			if in.stored != nil {
+				in.stored(m)
 			}
 		case errors.Is(err, store.ErrTypeMismatch):
 			in.refuse(m.Device, "type_mismatch", err)

@@ -329,3 +329,30 @@ func TestCloseWithEndedContext(t *testing.T) {
 		t.Errorf("Close(ended ctx) of an idle writer = %v; want nil", err)
 	}
 }
+
+func TestStoredCallback(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	in := New(&memAppender{}, Options{
+		Now: func() time.Time { return now },
+		Stored: func(m *payload.Message) {
+			mu.Lock()
+			got = append(got, fmt.Sprint(m.Device, "/", m.Seq))
+			mu.Unlock()
+		},
+	})
+	for _, c := range []struct{ dev, body string }{
+		{"d1", `{"seq":1,"data":{"t":1}}`},
+		{"d1", `{"seq":1,"data":{"t":1}}`}, // duplicate: not handed on
+		{"broken", `{"seq":2,"data":{"t":1}}`},
+		{"d1", `not json`},
+		{"d1", `{"seq":3,"data":{"t":2}}`},
+	} {
+		call(t, func(done func(error)) { in.Ingest(c.dev, []byte(c.body), done) })
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"d1/1", "d1/3"}; !slices.Equal(got, want) {
+		t.Fatalf("Stored got %v, want %v", got, want)
+	}
+}

@@ -120,11 +120,13 @@ func TestBrowserDashboard(t *testing.T) {
 	// Device view: the chart receives new points without a reload.
 	eval("open the device", `(location.hash = "#/device/sensor-1", true)`)
 	waitJS(t, ctx, "the temperature chart", `!!document.querySelector('.chart[data-metric="temperature"] canvas') && Number(document.querySelector('.chart[data-metric="temperature"]').dataset.points) >= 5`)
+	// The raw range follows the live stream (and polls only while it is down).
+	waitJS(t, ctx, "the live stream", `document.getElementById("charts").dataset.live === "streaming"`)
 	n0, err := chromedp.Run(ctx, chromedp.Evaluate[int](`Number(document.querySelector('.chart[data-metric="temperature"]').dataset.points)`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitJS(t, ctx, "new points", fmt.Sprintf(`Number(document.querySelector('.chart[data-metric="temperature"]').dataset.points) >= %d`, n0+3))
+	waitJS(t, ctx, "new points from the stream", fmt.Sprintf(`Number(document.querySelector('.chart[data-metric="temperature"]').dataset.points) >= %d && document.getElementById("charts").dataset.live === "streaming"`, n0+3))
 	waitJS(t, ctx, "latest values", `document.getElementById("latest").textContent.includes("temperature")`)
 	screenshot(t, ctx, dir, "03-device")
 

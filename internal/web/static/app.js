@@ -6,6 +6,7 @@
   const PAGE = 50;
   let timers = [];
   let charts = [];
+  let stops = []; // ends live streams and their retries
 
   function token() { return sessionStorage.getItem("fieldhub-token") || ""; }
 
@@ -40,6 +41,7 @@
   function every(ms, f) { f(); timers.push(setInterval(f, ms)); }
   function clear() {
     timers.forEach(clearInterval); timers = [];
+    stops.forEach((f) => f()); stops = [];
     charts.forEach((c) => c.destroy()); charts = [];
   }
   function fmtTime(s) { return s ? new Date(s).toLocaleString() : "—"; }
@@ -186,9 +188,61 @@
     });
 
     // Live charts: one uPlot per numeric metric. In the raw 15-minute range
-    // the view polls telemetry?from=<last point> every 2 s and appends.
+    // the view reads GET …/telemetry/live (Server-Sent Events, read with
+    // fetch() so that it can send the token) and appends each point; while
+    // the stream is down it polls telemetry?from=<last point> every 2 s and
+    // tries the stream again after 1 s, 2 s, 4 s … at most 30 s.
     let series = new Map(); // metric -> {xs, ys, plot}
     let last = 0, gen = 0;
+    let live = null, retry = null, backoff = 1000, streaming = false, stopped = false, drawPending = false;
+    function liveState(st) { streaming = st === "streaming"; chartBox.dataset.live = st; }
+    function stopLive() {
+      clearTimeout(retry); retry = null;
+      if (live) live.abort();
+      live = null; liveState("off");
+    }
+    stops.push(() => { stopped = true; stopLive(); });
+    function scheduleDraw() {
+      if (drawPending) return;
+      drawPending = true;
+      setTimeout(() => { drawPending = false; if (!stopped) redraw(Date.now() - RANGES[range.value].ms); }, 250);
+    }
+    function onEvent(block) {
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (!data) return; // a heartbeat comment
+      let e;
+      try { e = JSON.parse(data); } catch (err) { return; }
+      if (typeof e.value !== "number" || typeof e.metric !== "string") return;
+      add({ series: [{ metric: e.metric, kind: "number", points: [{ ts: e.ts, value: e.value }] }] });
+      scheduleDraw();
+    }
+    async function stream(g) {
+      retry = null;
+      if (stopped || g !== gen || RANGES[range.value].step) return;
+      const ctl = new AbortController();
+      live = ctl;
+      try {
+        const r = await fetch("/api/v1/devices/" + enc + "/telemetry/live", { headers: { "Authorization": "Bearer " + token() }, cache: "no-store", signal: ctl.signal });
+        if (r.status === 401) { logout("The token was refused."); return; }
+        if (!r.ok || !r.body) throw new Error("HTTP " + r.status);
+        liveState("streaming");
+        backoff = 1000;
+        poll(); // the points stored between the last poll and the stream
+        const rd = r.body.getReader(), dec = new TextDecoder();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await rd.read();
+          if (done) break;
+          buf += dec.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+          let i;
+          while ((i = buf.indexOf("\n\n")) >= 0) { onEvent(buf.slice(0, i)); buf = buf.slice(i + 2); }
+        }
+      } catch (e) { }
+      if (ctl.signal.aborted || live !== ctl) return;
+      live = null; liveState("polling");
+      retry = setTimeout(() => stream(g), backoff);
+      backoff = Math.min(backoff * 2, 30000);
+    }
     function plotFor(metric) {
       let s = series.get(metric);
       if (s) return s;
@@ -224,16 +278,18 @@
     }
     async function reload() {
       const g = ++gen;
+      stopLive();
       charts.forEach((c) => c.destroy()); charts = []; series = new Map(); chartBox.replaceChildren(); last = 0;
       const r = RANGES[range.value], now = Date.now();
       const q = new URLSearchParams({ from: String(now - r.ms), to: String(now + 60e3), limit: "10000" });
       if (r.step) { q.set("step", r.step); q.set("agg", "avg"); }
       try { const d = await get("/api/v1/devices/" + enc + "/telemetry?" + q); if (g === gen) { add(d); redraw(now - r.ms); } }
       catch (e) { chartBox.replaceChildren(el("p", { class: "error" }, "Could not load telemetry: " + e.message)); }
+      if (g === gen && !r.step && !stopped) { liveState("polling"); stream(g); }
     }
     range.addEventListener("change", reload);
     reload();
-    timers.push(setInterval(async () => {
+    async function poll() {
       const r = RANGES[range.value];
       if (r.step) return; // long ranges: reloaded every minute below
       const g = gen, from = last ? last + 1 : Date.now() - r.ms;
@@ -241,7 +297,8 @@
         const d = await get("/api/v1/devices/" + enc + "/telemetry?" + new URLSearchParams({ from: String(from), to: String(Date.now() + 60e3), limit: "10000" }));
         if (g === gen && add(d) > 0) redraw(Date.now() - r.ms);
       } catch (e) { }
-    }, 2000));
+    }
+    timers.push(setInterval(() => { if (!streaming) poll(); }, 2000));
     timers.push(setInterval(() => { if (RANGES[range.value].step) reload(); }, 60000));
   }
 
