@@ -206,19 +206,18 @@ func decodeBody(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return badRequest("content type %q is not application/json", ct)
 	}
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20+1))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return badRequest("empty body")
-		}
-		return badRequest("invalid JSON body: %v", err)
+	b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return badRequest("reading the body: %v", err)
 	}
-	if dec.More() {
-		return badRequest("trailing data after the JSON body")
+	if len(b) > maxBody {
+		return badRequest("body larger than %d bytes", maxBody)
 	}
-	return nil
+	return decodeStrict(b, v)
 }
+
+// maxBody bounds a request body.
+const maxBody = 1 << 20
 
 // decodeStrict decodes one JSON value of b into v, refusing unknown fields.
 func decodeStrict(b []byte, v any) error {
