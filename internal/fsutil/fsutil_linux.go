@@ -1,12 +1,12 @@
-package spool
+package fsutil
 
 import (
 	"os"
 	"syscall"
 )
 
-// fdatasync flushes a file's data and size without its timestamps.
-func fdatasync(f *os.File) error {
+// Fdatasync flushes f's data and size, not its timestamps.
+func Fdatasync(f *os.File) error {
 	for {
 		err := syscall.Fdatasync(int(f.Fd()))
 		if err != syscall.EINTR {
@@ -18,10 +18,11 @@ func fdatasync(f *os.File) error {
 	}
 }
 
-// lockDir takes an exclusive advisory lock on path so that two processes
-// never open the same spool.
-func lockDir(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+// Lock creates or opens the file at path (mode perm) and takes an
+// exclusive advisory lock on it without waiting; closing the file
+// releases the lock.
+func Lock(path string, perm os.FileMode) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, perm)
 	if err != nil {
 		return nil, err
 	}
