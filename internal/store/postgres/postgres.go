@@ -187,3 +187,19 @@ func (db *DB) migrate(ctx context.Context) error {
 }
 
 var errNewerSchema = errors.New("schema newer than this binary")
+
+// Locked runs fn while holding the session-level advisory lock name, so
+// that hub instances starting together do one-time work (creating the CA)
+// once: the others wait, then find it done.
+func (db *DB) Locked(ctx context.Context, name string, fn func(ctx context.Context) error) error {
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", name); err != nil {
+		return fmt.Errorf("postgres: taking lock %s: %w", name, err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext($1))", name)
+	return fn(ctx)
+}

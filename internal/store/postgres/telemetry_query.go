@@ -1,0 +1,289 @@
+package postgres
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/payload"
+)
+
+var errInvalidQuery = fmt.Errorf("postgres: %w", store.ErrInvalidQuery)
+
+// Query answers q (see store.Querier): raw points in (metric, ts) order
+// with one point per timestamp, or buckets [From+k·Step, From+(k+1)·Step)
+// computed in SQL. With Metric "" an aggregate that a metric's kind does
+// not support skips that metric; with Metric set it fails with
+// store.ErrTypeMismatch. With Retention set, points older than
+// now-Retention are not returned.
+func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, error) {
+	var res store.Result
+	if t.isClosed() {
+		return res, fmt.Errorf("postgres: query: %w", store.ErrClosed)
+	}
+	if !q.Agg.Valid() {
+		return res, fmt.Errorf("%w: unknown aggregate %q", errInvalidQuery, q.Agg)
+	}
+	agg := q.Agg != store.AggNone
+	if agg && q.Step <= 0 {
+		return res, fmt.Errorf("%w: aggregate %q needs a step > 0", errInvalidQuery, q.Agg)
+	}
+	if q.Limit < 0 {
+		return res, fmt.Errorf("%w: negative limit", errInvalidQuery)
+	}
+	// Without a cursor, (metric, ts) >= ("", MinInt64) holds for every row.
+	cur := telCursor{ts: math.MinInt64}
+	if q.After != "" {
+		var err error
+		if cur, err = decodeTelCursor(q.After); err != nil {
+			return res, err
+		}
+		next := cur.ts + 1
+		if agg {
+			next = cur.ts + q.Step
+		}
+		if next < cur.ts {
+			// Overflow: nothing after in this metric (ts < To ≤ MaxInt64).
+			next = math.MaxInt64
+		}
+		cur.ts = next
+	}
+	if q.To <= q.From {
+		return res, nil
+	}
+	from := q.From
+	if t.o.Retention > 0 {
+		from = max(from, t.o.Now().Add(-t.o.Retention).UnixNano())
+	}
+
+	kinds, err := t.kinds(ctx, q.Device, q.Metric)
+	if err != nil {
+		return res, err
+	}
+	if len(kinds) == 0 {
+		return res, nil
+	}
+	skip := []string{}
+	if agg {
+		for metric, k := range kinds {
+			if k == payload.Number || q.Agg == store.AggCount || q.Agg == store.AggLast {
+				continue
+			}
+			if q.Metric != "" {
+				return res, fmt.Errorf("postgres: query: aggregate %s of %s metric %q: %w", q.Agg, k, metric, store.ErrTypeMismatch)
+			}
+			skip = append(skip, metric)
+		}
+	}
+	metricCond, metricArg := "metric <> ALL($2::text[])", any(skip)
+	if q.Metric != "" {
+		metricCond, metricArg = "metric = $2", q.Metric
+	}
+	var limit *int64
+	if q.Limit > 0 {
+		n := int64(q.Limit) + 1 // one more tells whether more remain
+		limit = &n
+	}
+	where := `device = $1 AND ` + metricCond + ` AND ts >= $3 AND ts < $4 AND (metric, ts) >= ($5, $6)`
+	args := []any{q.Device, metricArg, from, q.To, cur.metric, cur.ts, limit}
+
+	var sql string
+	switch {
+	case !agg:
+		sql = `SELECT metric, ts, num, str FROM telemetry_points WHERE ` + where + ` ORDER BY metric, ts LIMIT $7`
+	case q.Agg == store.AggLast:
+		sql = `SELECT DISTINCT ON (metric, b) metric, b, num, str FROM (
+			SELECT metric, ts, num, str, ` + bucketExpr(q) + ` AS b FROM telemetry_points WHERE ` + where + `
+		) s ORDER BY metric, b, ts DESC LIMIT $7`
+		args = append(args, q.Step)
+	default:
+		fn := map[store.Agg]string{
+			store.AggAvg:   "avg(num)",
+			store.AggMin:   "min(num)",
+			store.AggMax:   "max(num)",
+			store.AggSum:   "sum(num)",
+			store.AggCount: "count(*)::double precision",
+		}[q.Agg]
+		sql = `SELECT metric, b, ` + fn + `, NULL::bytea FROM (
+			SELECT metric, num, ` + bucketExpr(q) + ` AS b FROM telemetry_points WHERE ` + where + `
+		) s GROUP BY metric, b ORDER BY metric, b LIMIT $7`
+		args = append(args, q.Step)
+	}
+	rows, err := t.db.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return res, fmt.Errorf("postgres: query: %w", err)
+	}
+	var (
+		metric string
+		ts     int64
+		num    pgtype.Float8
+		str    []byte
+		n      int
+		last   telCursor
+	)
+	_, err = pgx.ForEachRow(rows, []any{&metric, &ts, &num, &str}, func() error {
+		n++
+		if q.Limit > 0 && n > q.Limit {
+			res.Next = last.encode()
+			return nil
+		}
+		kind := kinds[metric]
+		if agg && q.Agg != store.AggLast {
+			kind = payload.Number
+		}
+		var v payload.Value
+		switch kind {
+		case payload.Number:
+			v = payload.NumberValue(num.Float64)
+		case payload.Bool:
+			v = payload.BoolValue(num.Float64 != 0)
+		case payload.String:
+			v = payload.StringValue(string(str))
+		}
+		if k := len(res.Series); k == 0 || res.Series[k-1].Metric != metric {
+			res.Series = append(res.Series, store.Series{Metric: metric, Kind: kind})
+		}
+		s := &res.Series[len(res.Series)-1]
+		s.Points = append(s.Points, payload.Point{Metric: metric, TS: ts, Value: v})
+		last = telCursor{metric: metric, ts: ts}
+		return nil
+	})
+	if err != nil {
+		return store.Result{}, fmt.Errorf("postgres: query: %w", err)
+	}
+	return res, nil
+}
+
+// bucketExpr is the SQL of a row's bucket start, From + k·Step ($8): in
+// bigint when ts - From cannot overflow in [From, To), else in numeric.
+func bucketExpr(q store.Query) string {
+	if uint64(q.To-1)-uint64(q.From) <= math.MaxInt64 {
+		return fmt.Sprintf("('%d'::bigint + ((ts - '%d'::bigint) / $8::bigint) * $8::bigint)", q.From, q.From)
+	}
+	return fmt.Sprintf("('%d'::numeric + trunc((ts::numeric - '%d'::numeric) / $8::bigint) * $8::bigint)::bigint", q.From, q.From)
+}
+
+// kinds returns the kinds of the device's series (one when metric is set).
+func (t *Telemetry) kinds(ctx context.Context, device, metric string) (map[string]payload.ValueKind, error) {
+	rows, err := t.db.pool.Query(ctx, `SELECT metric, kind FROM telemetry_series
+		WHERE device = $1 AND ($2 = '' OR metric = $2)`, device, metric)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: query: %w", err)
+	}
+	out := map[string]payload.ValueKind{}
+	var m string
+	var k int16
+	if _, err := pgx.ForEachRow(rows, []any{&m, &k}, func() error {
+		out[m] = payload.ValueKind(k)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("postgres: query: %w", err)
+	}
+	return out, nil
+}
+
+// Latest returns the point with the greatest timestamp of each metric of
+// device, ordered by metric: one backward index probe per series.
+func (t *Telemetry) Latest(ctx context.Context, device string) ([]payload.Point, error) {
+	if t.isClosed() {
+		return nil, fmt.Errorf("postgres: latest: %w", store.ErrClosed)
+	}
+	rows, err := t.db.pool.Query(ctx, `SELECT s.metric, s.kind, l.ts, l.num, l.str
+		FROM telemetry_series s CROSS JOIN LATERAL (
+			SELECT ts, num, str FROM telemetry_points p
+			WHERE p.device = s.device AND p.metric = s.metric ORDER BY ts DESC LIMIT 1
+		) l
+		WHERE s.device = $1 ORDER BY s.metric`, device)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: latest: %w", err)
+	}
+	var (
+		out    []payload.Point
+		metric string
+		kind   int16
+		ts     int64
+		num    pgtype.Float8
+		str    []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&metric, &kind, &ts, &num, &str}, func() error {
+		var v payload.Value
+		switch payload.ValueKind(kind) {
+		case payload.Bool:
+			v = payload.BoolValue(num.Float64 != 0)
+		case payload.String:
+			v = payload.StringValue(string(str))
+		default:
+			v = payload.NumberValue(num.Float64)
+		}
+		out = append(out, payload.Point{Metric: metric, TS: ts, Value: v})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: latest: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteDevice removes the device's points, series and dedup keys in one
+// transaction, holding the device's advisory lock exclusively so that no
+// batch (of any hub) writes the device meanwhile.
+func (t *Telemetry) DeleteDevice(ctx context.Context, device string) error {
+	if t.isClosed() {
+		return fmt.Errorf("postgres: delete device: %w", store.ErrClosed)
+	}
+	err := pgx.BeginFunc(ctx, t.db.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue("SELECT pg_advisory_xact_lock($1, $2)", deviceLockClass, deviceBucket(device))
+		b.Queue("DELETE FROM telemetry_points WHERE device = $1", device)
+		b.Queue("DELETE FROM telemetry_series WHERE device = $1", device)
+		b.Queue("DELETE FROM telemetry_seqs WHERE device = $1", device)
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return fmt.Errorf("postgres: delete device %q: %w", device, err)
+	}
+	return nil
+}
+
+// telCursor is the position of the last point (or bucket) returned.
+type telCursor struct {
+	metric string
+	ts     int64
+}
+
+const telCursorVersion = 1
+
+func (c telCursor) encode() string {
+	b := []byte{telCursorVersion}
+	b = binary.AppendUvarint(b, uint64(len(c.metric)))
+	b = append(b, c.metric...)
+	b = binary.AppendVarint(b, c.ts)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeTelCursor(s string) (telCursor, error) {
+	bad := fmt.Errorf("%w: bad cursor", errInvalidQuery)
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) == 0 || b[0] != telCursorVersion {
+		return telCursor{}, bad
+	}
+	b = b[1:]
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return telCursor{}, bad
+	}
+	c := telCursor{metric: string(b[k : k+int(n)])}
+	b = b[k+int(n):]
+	ts, k := binary.Varint(b)
+	if k <= 0 || k != len(b) {
+		return telCursor{}, bad
+	}
+	c.ts = ts
+	return c, nil
+}
