@@ -1,0 +1,9 @@
+package influx
+
+import (
+	"testing"
+
+	"github.com/fieldhub/fieldhub/internal/fhtest"
+)
+
+func TestMain(m *testing.M) { fhtest.Main(m) }
