@@ -50,6 +50,15 @@ type Options struct {
 	MaxConcurrentHashes int
 	// Registerer receives the service's metrics; nil registers none.
 	Registerer prometheus.Registerer
+	// OnPassword, when set, is called by Create and Rotate with a password
+	// device (public fields, its new CredentialsVersion, its CreatedAt)
+	// and its new password in the clear, after the password is made and
+	// before it is stored; an error aborts the Create or Rotate (nothing
+	// is stored, old credentials stay valid). It is the one place where a
+	// second hash of the password can be kept, e.g. the Mosquitto-format
+	// hash of an external broker (internal/brokerauth); leave it nil
+	// otherwise. It runs under the service's write lock: keep it short.
+	OnPassword func(ctx context.Context, d store.Device, password string) error
 }
 
 // CreateRequest describes a device to create.
@@ -87,8 +96,11 @@ type Service struct {
 	// a device when it changed during the authentication.
 	revocations atomic.Uint64
 
-	hooksMu sync.RWMutex
-	hooks   []func(deviceID string)
+	onPassword func(ctx context.Context, d store.Device, password string) error
+
+	hooksMu     sync.RWMutex
+	hooks       []func(deviceID string)
+	createHooks []func(deviceID string)
 }
 
 // New returns a registry service over st. ca may be nil, in which case
@@ -105,6 +117,8 @@ func New(st store.Registry, ca *pki.CA, opts Options) *Service {
 		cache:   make(map[string]cacheEntry),
 		gw:      gwCache{parent: make(map[string]gwEntry), gateway: make(map[string]gwEntry)},
 		metrics: newMetrics(opts.Registerer),
+
+		onPassword: opts.OnPassword,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -131,6 +145,15 @@ func (s *Service) OnRevoke(fn func(deviceID string)) {
 	s.hooksMu.Lock()
 	defer s.hooksMu.Unlock()
 	s.hooks = append(s.hooks, fn)
+}
+
+// OnCreate registers fn to be called, synchronously, with the id of a
+// device after it is created (stored). An external-broker syncer uses it
+// to publish the new device at once.
+func (s *Service) OnCreate(fn func(deviceID string)) {
+	s.hooksMu.Lock()
+	defer s.hooksMu.Unlock()
+	s.createHooks = append(s.createHooks, fn)
 }
 
 func (s *Service) revoked(id string) {
@@ -186,11 +209,20 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Device, 
 			return store.Device{}, Credentials{}, invalid("gateway", "%q is itself behind gateway %q", d.Gateway, g.Gateway)
 		}
 	}
+	if err := s.passwordHook(ctx, d, creds.Password); err != nil {
+		return store.Device{}, Credentials{}, err
+	}
 	if err := s.st.CreateDevice(ctx, d); err != nil {
 		return store.Device{}, Credentials{}, fmt.Errorf("registry: creating %q: %w", d.ID, err)
 	}
 	s.gw.invalidate()
 	s.log.Info("device created", "device", d.ID, "auth", d.Auth, "gateway", d.Gateway)
+	s.hooksMu.RLock()
+	created := s.createHooks
+	s.hooksMu.RUnlock()
+	for _, fn := range created {
+		fn(d.ID)
+	}
 	return public(d), creds, nil
 }
 
@@ -237,6 +269,17 @@ func (s *Service) newCredentials(ctx context.Context, d *store.Device, csr []byt
 		d.CertNotAfter = iss.NotAfter.UTC()
 	}
 	return c, nil
+}
+
+// passwordHook calls Options.OnPassword for a password device.
+func (s *Service) passwordHook(ctx context.Context, d store.Device, password string) error {
+	if s.onPassword == nil || d.Auth != store.AuthPassword || password == "" {
+		return nil
+	}
+	if err := s.onPassword(ctx, public(d), password); err != nil {
+		return fmt.Errorf("registry: password hook for %q: %w", d.ID, err)
+	}
+	return nil
 }
 
 // hash computes an argon2id hash within the concurrency bound.
@@ -357,6 +400,9 @@ func (s *Service) Rotate(ctx context.Context, id string, csrPEM []byte) (Credent
 		cur.PasswordHash = d.PasswordHash
 		cur.CertSerial, cur.CertFingerprint, cur.CertNotAfter = d.CertSerial, d.CertFingerprint, d.CertNotAfter
 		cur.CredentialsVersion++
+		err = s.passwordHook(ctx, cur, creds.Password)
+	}
+	if err == nil {
 		err = s.st.UpdateDevice(ctx, cur)
 	}
 	s.writeMu.Unlock()
