@@ -4,11 +4,11 @@ BIN     := bin/fieldhub
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/fieldhub/fieldhub/internal/cli.Version=$(VERSION)
 
-.PHONY: all build run test test-deps vet fuzz bench clean
+.PHONY: all build run test test-deps ui vet fuzz bench clean
 
 all: build
 
-build:
+build: ui
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/fieldhub
 
 # The demo: a hub on loopback with simulated devices; prints the URL and token.
@@ -18,6 +18,7 @@ run: build
 # Every test, on a fresh Debian machine with Go: installs what it needs,
 # starts its own servers on free loopback ports and stops them again.
 test: test-deps
+	$(MAKE) ui
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	$(GO) test -race -timeout 20m ./...
@@ -27,6 +28,22 @@ test: test-deps
 
 test-deps:
 	./scripts/test-deps.sh
+
+# The dashboard's charting library (uPlot), installed with npm from the
+# lockfile in internal/web, checked against the SHA-256 sums recorded in
+# internal/web/uplot.sha256 and copied into the folder the binary embeds
+# (not committed; go build without it serves a dashboard without charts).
+UI      := internal/web
+UI_DIST := $(UI)/static/vendor
+ui: $(UI_DIST)/uPlot.iife.min.js
+
+$(UI_DIST)/uPlot.iife.min.js: $(UI)/package.json $(UI)/package-lock.json $(UI)/uplot.sha256
+	./scripts/npm-deps.sh
+	cd $(UI) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	cd $(UI)/node_modules/uplot && sha256sum --check --strict --quiet ../../uplot.sha256
+	cp $(UI)/node_modules/uplot/dist/uPlot.min.css $(UI_DIST)/uPlot.min.css
+	cp $(UI)/node_modules/uplot/LICENSE $(UI_DIST)/uPlot.LICENSE
+	cp $(UI)/node_modules/uplot/dist/uPlot.iife.min.js $@
 
 # Longer fuzzing runs of the parsers (the seed corpora run in `make test`).
 FUZZTIME ?= 60s
@@ -39,4 +56,4 @@ bench: build
 	./$(BIN) bench ingest
 
 clean:
-	rm -rf bin
+	rm -rf bin $(UI)/node_modules $(UI_DIST)/uPlot.iife.min.js $(UI_DIST)/uPlot.min.css $(UI_DIST)/uPlot.LICENSE

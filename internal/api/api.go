@@ -47,11 +47,17 @@ type Options struct {
 	Twins      Twins       // nil leaves the twin routes out
 	Live       Live        // nil leaves GET …/telemetry/live out
 	Presence   Presence
-	CAPEM      []byte
-	Metrics    http.Handler // served at /metrics
-	Ready      func() error // nil error when ready to serve
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// Rates, when set, gives each device's msg_rate (messages stored in
+	// the last minute).
+	Rates Rates
+	// TwinIndex, when set, gives the device list each device's firmware
+	// version (Twins gives it for one device).
+	TwinIndex TwinIndex
+	CAPEM     []byte
+	Metrics   http.Handler // served at /metrics
+	Ready     func() error // nil error when ready to serve
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // API is the REST handler.
@@ -90,6 +96,7 @@ func New(o Options) *API {
 	m.Handle("POST /api/v1/devices", auth(a.createDevice))
 	m.Handle("GET /api/v1/devices", auth(a.listDevices))
 	m.Handle("GET /api/v1/devices/{id}", auth(a.getDevice))
+	m.Handle("GET /api/v1/gateways", auth(a.listGateways))
 	m.Handle("DELETE /api/v1/devices/{id}", auth(a.deleteDevice))
 	m.Handle("POST /api/v1/devices/{id}/credentials", auth(a.rotate))
 	m.Handle("GET /api/v1/devices/{id}/telemetry", auth(a.telemetry))

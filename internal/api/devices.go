@@ -1,6 +1,7 @@
 package api
 
 import (
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -25,6 +26,12 @@ type Device struct {
 	CredentialsVersion int        `json:"credentials_version"`
 	CertSerial         string     `json:"cert_serial,omitempty"`
 	CertNotAfter       *time.Time `json:"cert_not_after,omitempty"`
+	// MsgRate is the messages stored for the device in the last minute
+	// (readings a gateway forwards count for their own device).
+	MsgRate float64 `json:"msg_rate"`
+	// Firmware is the version the device reports in its twin (reported
+	// "firmware", or "firmware.version"), when it reports one.
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // Credentials are returned once, at creation and rotation.
@@ -71,6 +78,9 @@ func (a *API) view(d store.Device) Device {
 	if !d.CertNotAfter.IsZero() {
 		n := d.CertNotAfter.UTC()
 		v.CertNotAfter = &n
+	}
+	if a.o.Rates != nil {
+		v.MsgRate = math.Round(a.o.Rates.MessageRate(d.ID)*10) / 10
 	}
 	return v
 }
@@ -125,8 +135,11 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) {
 		ds = ds[:limit]
 		out.Next = ds[limit-1].ID
 	}
+	fw := a.firmwareOfPage(r.Context(), ds)
 	for _, d := range ds {
-		out.Devices = append(out.Devices, a.view(d))
+		v := a.view(d)
+		v.Firmware = fw[d.ID]
+		out.Devices = append(out.Devices, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -137,7 +150,13 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request) {
 		a.storeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a.view(d))
+	v := a.view(d)
+	if a.o.Twins != nil {
+		if tw, err := a.o.Twins.Get(r.Context(), d.ID); err == nil {
+			v.Firmware = Firmware(tw.Reported.State)
+		}
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request) {
@@ -145,6 +164,9 @@ func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request) {
 	if err := a.o.Registry.Delete(r.Context(), id); err != nil {
 		a.storeError(w, err)
 		return
+	}
+	if f, ok := a.o.Rates.(interface{ Forget(device string) }); ok {
+		f.Forget(id)
 	}
 	a.o.Logger.Info("device deleted", "device", id)
 	w.WriteHeader(http.StatusNoContent)

@@ -9,6 +9,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/fieldhub/fieldhub/internal/broker"
+	"github.com/fieldhub/fieldhub/payload"
 	"github.com/fieldhub/fieldhub/topic"
 )
 
@@ -75,6 +76,34 @@ func (e *Edge) IngestResponse(device, commandID string, correlation, payload []b
 			e.m.commands.WithLabelValues("answered").Inc()
 		} else {
 			e.log.Log(ctx, slog.LevelWarn, "forwarding a command answer failed", "sensor", device, "command", commandID, "err", err)
+		}
+		done(err)
+	}()
+}
+
+// ReasonUplinkDown refuses a sensor's reported twin patch while the
+// uplink to the hub is down (PUBACK with an error code; the sensor
+// reports again later).
+const ReasonUplinkDown = "uplink_down"
+
+// IngestReported implements broker.TwinIngester for the local listener: a
+// sensor's reported twin patch (its firmware version, say) goes to the hub
+// on devices/{sensor}/twin/reported, and the sensor gets its PUBACK once
+// the hub has stored it. Reported patches are not spooled: while the
+// uplink is down, or when the hub does not answer, the patch is refused
+// (reason uplink_down) and the sensor reports again later.
+func (e *Edge) IngestReported(device string, body []byte, done func(error)) {
+	if !e.up.connected.Load() {
+		done(&payload.Error{Reason: ReasonUplinkDown, Msg: "the gateway's uplink to the hub is down; report again later"})
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		err := e.up.publish(ctx, &paho.Publish{Topic: topic.TwinReported(device), QoS: 1, Payload: body})
+		if err != nil {
+			e.log.Warn("forwarding a reported twin patch failed", "sensor", device, "err", err)
+			err = &payload.Error{Reason: ReasonUplinkDown, Msg: "the hub did not take the patch: " + err.Error()}
 		}
 		done(err)
 	}()

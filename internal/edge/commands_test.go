@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -51,6 +52,7 @@ func TestCommandRelay(t *testing.T) {
 		Listen:   edge.Listen{MQTTAddr: "127.0.0.1:0"},
 		HTTPAddr: "off",
 		Sensors:  []edge.Sensor{{ID: "s1", PasswordHash: hash}, {ID: "s2", PasswordHash: hash}},
+		Version:  "9.9.9-test",
 	}
 	e, err := edge.New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -109,5 +111,90 @@ func TestCommandRelay(t *testing.T) {
 	hb.api("POST", "/api/v1/devices/s2/commands?wait=15s", map[string]any{"name": "blink"}, &got)
 	if got.State != "failed" || !strings.Contains(got.Error, "not connected") {
 		t.Errorf("command to an absent sensor = %+v; want failed, not connected", got)
+	}
+
+	checkGatewayReport(t, hb, c)
+}
+
+// checkGatewayReport: the gateway reports its firmware and spool state in
+// its twin at the hub, the hub lists it among the gateways with that
+// state, a sensor's firmware report travels through it, and readings sent
+// through it give the sensor a message rate.
+func checkGatewayReport(t *testing.T, hb *hubEnv, s1 *paho.Client) {
+	t.Helper()
+	var tw struct {
+		Reported struct {
+			State struct {
+				Firmware string `json:"firmware"`
+				Edge     struct {
+					Spool *edge.SpoolReport `json:"spool"`
+				} `json:"edge"`
+			} `json:"state"`
+		} `json:"reported"`
+	}
+	eventually(t, 20*time.Second, "the spool state in the gateway's reported twin", func() bool {
+		hb.api("GET", "/api/v1/devices/gw/twin", nil, &tw)
+		return tw.Reported.State.Edge.Spool != nil
+	})
+	sp := tw.Reported.State.Edge.Spool
+	if tw.Reported.State.Firmware != "9.9.9-test" {
+		t.Errorf("reported firmware = %q; want 9.9.9-test", tw.Reported.State.Firmware)
+	}
+	if sp.MaxBytes != 1<<30 || sp.Uplink.State != "connected" || sp.Uplink.Since.IsZero() || sp.ReportedAt.IsZero() || sp.Records < 0 || sp.Bytes < 0 {
+		t.Errorf("spool report = %+v; want max_bytes 1 GiB, a connected uplink, times and sizes", *sp)
+	}
+	for _, k := range []string{"overflow", "age", "refused", "no_space", "hub_refused"} {
+		if v, ok := sp.Drops[k]; !ok || v != 0 {
+			t.Errorf("drops[%s] = %d, %v; want 0, present", k, v, ok)
+		}
+	}
+
+	var gws struct {
+		Gateways []struct {
+			ID       string          `json:"id"`
+			Online   bool            `json:"online"`
+			Firmware string          `json:"firmware"`
+			Children int             `json:"children"`
+			Spool    json.RawMessage `json:"spool"`
+		} `json:"gateways"`
+	}
+	if code := hb.api("GET", "/api/v1/gateways", nil, &gws); code != 200 {
+		t.Fatalf("GET /api/v1/gateways = %d", code)
+	}
+	if len(gws.Gateways) != 1 || gws.Gateways[0].ID != "gw" || !gws.Gateways[0].Online || gws.Gateways[0].Firmware != "9.9.9-test" ||
+		gws.Gateways[0].Children != 2 || !strings.Contains(string(gws.Gateways[0].Spool), `"max_bytes":1073741824`) {
+		t.Errorf("GET /api/v1/gateways = %+v; want gw online, firmware 9.9.9-test, 2 children, its spool", gws.Gateways)
+	}
+
+	// Six readings of s1 through the gateway: s1's rate at the hub.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// s1 reports its firmware through the gateway.
+	if resp, err := s1.Publish(ctx, &paho.Publish{Topic: topic.TwinReported("s1"), QoS: 1, Payload: []byte(`{"firmware":{"version":"3.1.4"}}`)}); err != nil || resp.ReasonCode != 0 {
+		t.Fatalf("reporting s1's firmware through the gateway: %v %+v", err, resp)
+	}
+	for i := 1; i <= 6; i++ {
+		if _, err := s1.Publish(ctx, &paho.Publish{Topic: topic.Telemetry("s1"), QoS: 1, Payload: []byte(fmt.Sprintf(`{"seq":%d,"data":{"t":%d}}`, i, i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type row struct {
+		ID       string  `json:"id"`
+		MsgRate  float64 `json:"msg_rate"`
+		Firmware string  `json:"firmware"`
+	}
+	var list struct {
+		Devices []row `json:"devices"`
+	}
+	byID := map[string]row{}
+	eventually(t, 20*time.Second, "s1's message rate", func() bool {
+		hb.api("GET", "/api/v1/devices?limit=50", nil, &list)
+		for _, d := range list.Devices {
+			byID[d.ID] = d
+		}
+		return byID["s1"].MsgRate >= 6
+	})
+	if byID["gw"].Firmware != "9.9.9-test" || byID["s1"].Firmware != "3.1.4" || byID["s2"].MsgRate != 0 || byID["s2"].Firmware != "" {
+		t.Errorf("device list = %+v; want gw with firmware 9.9.9-test, s1 with 3.1.4, s2 with rate 0 and no firmware", list.Devices)
 	}
 }

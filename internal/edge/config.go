@@ -36,6 +36,9 @@ type Config struct {
 	FlushInterval config.Duration `yaml:"flush_interval"`
 	LogLevel      string          `yaml:"log_level"`
 	LogFormat     string          `yaml:"log_format"`
+	// Version is reported to the hub as the gateway's firmware (reported
+	// "firmware"); empty means this build's fieldhub version.
+	Version string `yaml:"-"`
 }
 
 // Hub says how the gateway reaches the hub.
@@ -101,6 +104,10 @@ type Uplink struct {
 	// BackoffMin and BackoffMax bound the reconnect delay (exponential with jitter). Defaults 500ms and 30s.
 	BackoffMin config.Duration `yaml:"backoff_min"`
 	BackoffMax config.Duration `yaml:"backoff_max"`
+	// ReportInterval is how often the gateway reports its spool state to
+	// the hub in its twin (reported "edge.spool"), besides at once when the
+	// uplink connects or a drop count changes. Default 30s.
+	ReportInterval config.Duration `yaml:"report_interval"`
 }
 
 // Defaults fills in zero fields.
@@ -141,6 +148,12 @@ func (c *Config) Defaults() {
 	}
 	if c.Uplink.BackoffMax == 0 {
 		c.Uplink.BackoffMax = config.Duration(30 * time.Second)
+	}
+	if c.Uplink.ReportInterval == 0 {
+		c.Uplink.ReportInterval = config.Duration(30 * time.Second)
+	}
+	if c.Version == "" {
+		c.Version = BuildVersion()
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
@@ -207,6 +220,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Uplink.BackoffMin <= 0 || c.Uplink.BackoffMax < c.Uplink.BackoffMin {
 		return errors.New("uplink.backoff_min/backoff_max: want 0 < min ≤ max")
+	}
+	if c.Uplink.ReportInterval < config.Duration(time.Second) {
+		return fmt.Errorf("uplink.report_interval: %v is below 1s", time.Duration(c.Uplink.ReportInterval))
 	}
 	if err := c.Pipeline.Validate(); err != nil {
 		return fmt.Errorf("pipeline: %w", err)

@@ -136,9 +136,10 @@ func (e *Edge) Start(ctx context.Context) (err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
-	e.wg.Add(2)
+	e.wg.Add(3)
 	go func() { defer e.wg.Done(); e.up.run(runCtx) }()
 	go func() { defer e.wg.Done(); e.flushLoop(runCtx) }()
+	go func() { defer e.wg.Done(); e.reportLoop(runCtx) }()
 	if e.http != nil {
 		e.wg.Add(1)
 		go func() {

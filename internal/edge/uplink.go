@@ -32,6 +32,10 @@ type uplink struct {
 	log      *slog.Logger
 
 	connected atomic.Bool
+	since     atomic.Int64                // unix ns of the last change of connected
+	conns     atomic.Uint64               // connections made, to report on each new one
+	lost      atomic.Uint64               // failed or lost connections
+	refused   atomic.Uint64               // records in batches the hub refused for good
 	cur       atomic.Pointer[paho.Client] // the live connection, nil while down
 	// relay hands a command from the hub to the local broker.
 	relay func(p *paho.Publish)
@@ -39,6 +43,7 @@ type uplink struct {
 
 func newUplink(cfg Config, sp *spool.Spool, m *metrics, log *slog.Logger) (*uplink, error) {
 	u := &uplink{cfg: cfg, sp: sp, m: m, log: log}
+	u.since.Store(time.Now().UnixNano())
 	if cfg.Hub.PasswordFile != "" {
 		b, err := os.ReadFile(cfg.Hub.PasswordFile)
 		if err != nil {
@@ -82,6 +87,7 @@ func (u *uplink) run(ctx context.Context) {
 		c, err := u.connect(ctx)
 		if err != nil {
 			u.m.reconnects.Inc()
+			u.lost.Add(1)
 			wait := backoff/2 + rand.N(backoff/2+1)
 			u.log.Warn("hub unreachable; retrying", "err", err, "in", wait.Round(time.Millisecond))
 			select {
@@ -95,16 +101,20 @@ func (u *uplink) run(ctx context.Context) {
 		backoff = minB
 		u.cur.Store(c)
 		u.connected.Store(true)
+		u.since.Store(time.Now().UnixNano())
+		u.conns.Add(1)
 		u.m.connected.Set(1)
 		u.log.Info("uplink connected", "hub", u.cfg.Hub.Addr)
 		u.sp.Rewind() // resend whatever the hub has not acknowledged
 		err = u.pump(ctx, c)
 		u.cur.Store(nil)
 		u.connected.Store(false)
+		u.since.Store(time.Now().UnixNano())
 		u.m.connected.Set(0)
 		c.Disconnect(&paho.Disconnect{})
 		if ctx.Err() == nil {
 			u.m.reconnects.Inc()
+			u.lost.Add(1)
 			u.log.Warn("uplink lost", "err", err)
 		}
 	}
@@ -217,6 +227,7 @@ func (u *uplink) pump(ctx context.Context, c *paho.Client) error {
 				reason = resp.Properties.ReasonString
 			}
 			u.m.hubRefusedRecs.Add(float64(len(recs)))
+			u.refused.Add(uint64(len(recs)))
 			u.m.dropped.WithLabelValues("hub_refused").Add(float64(len(recs)))
 			u.log.Error("hub refused a batch; its records are dropped", "records", len(recs), "reason_code", fmt.Sprintf("0x%02x", resp.ReasonCode), "reason", reason)
 			if err := u.sp.Ack(last); err != nil {

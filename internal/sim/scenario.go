@@ -175,7 +175,7 @@ func DefaultScenario() Scenario {
 		Format:             FormatJSON,
 		ConnectConcurrency: 64,
 		StatusEvery:        5 * time.Second,
-		Firmware:           "1.0.0",
+		Firmware:           DefaultFirmware,
 		OfflineBuffer:      1000,
 		Metrics:            DefaultMetricSpecs(),
 	}

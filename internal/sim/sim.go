@@ -13,6 +13,7 @@ package sim
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -107,11 +108,18 @@ type Metric struct {
 	Wave Waveform
 }
 
+// DefaultFirmware is the firmware version simulated devices report in
+// their twin unless told otherwise.
+const DefaultFirmware = "1.0.0"
+
 // Device is one simulated device.
 type Device struct {
 	ID       string
 	Password string
 	Metrics  []Metric
+	// Firmware is reported in the twin (reported "firmware") on every
+	// connection; empty means DefaultFirmware.
+	Firmware string
 }
 
 // DefaultMetrics returns a device's temperature, humidity and vibration.
@@ -158,7 +166,7 @@ func Run(ctx context.Context, cfg Config, d Device) error {
 			continue
 		}
 		backoff = 500 * time.Millisecond
-		err = publishLoop(ctx, c, cfg, d, &seq, start, &pending)
+		err = publishLoop(ctx, c, cfg, d, &seq, start, &pending, log)
 		c.Disconnect(&paho.Disconnect{ReasonCode: 0})
 		if err != nil && ctx.Err() == nil {
 			log.Warn("connection lost", "err", err)
@@ -196,10 +204,41 @@ func connect(ctx context.Context, cfg Config, d Device) (*paho.Client, error) {
 	return c, nil
 }
 
-func publishLoop(ctx context.Context, c *paho.Client, cfg Config, d Device, seq *uint64, start time.Time, pending *[]byte) error {
+// reportFirmware sends {"firmware": …} as a reported twin patch.
+func reportFirmware(ctx context.Context, c *paho.Client, d Device) error {
+	fw := d.Firmware
+	if fw == "" {
+		fw = DefaultFirmware
+	}
+	body, err := json.Marshal(map[string]string{"firmware": fw})
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	resp, err := c.Publish(pctx, &paho.Publish{Topic: topic.TwinReported(d.ID), QoS: 1, Payload: body})
+	if err == nil && resp != nil && resp.ReasonCode >= 0x80 {
+		err = fmt.Errorf("refused: reason 0x%02x", resp.ReasonCode)
+	}
+	return err
+}
+
+// publishLoop publishes telemetry on c until it fails or ctx ends, and
+// reports the firmware once per connection (tried again each interval
+// until the broker acknowledges it: an edge gateway does so only while its
+// uplink is up).
+func publishLoop(ctx context.Context, c *paho.Client, cfg Config, d Device, seq *uint64, start time.Time, pending *[]byte, log *slog.Logger) error {
 	t := time.NewTicker(cfg.Interval)
 	defer t.Stop()
+	reported := false
 	for {
+		if !reported {
+			err := reportFirmware(ctx, c, d)
+			reported = err == nil
+			if err != nil {
+				log.Debug("reporting the firmware failed; trying again", "err", err)
+			}
+		}
 		if *pending == nil {
 			*seq++
 			m := &payload.Message{Device: d.ID, Seq: *seq, HasSeq: true}

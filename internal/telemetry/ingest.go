@@ -61,6 +61,7 @@ type Ingester struct {
 	now      func() time.Time
 	seen     func(string, time.Time)
 	stored   func(*payload.Message)
+	rates    *rates // stored messages per device, last minute
 
 	messages *prometheus.CounterVec // by result
 	refused  *prometheus.CounterVec // by reason
@@ -106,6 +107,7 @@ func New(app store.Appender, o Options) *Ingester {
 		now:      o.Now,
 		seen:     o.Seen,
 		stored:   o.Stored,
+		rates:    newRates(),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fieldhub_telemetry_messages_total",
 			Help: "Telemetry messages by outcome: stored, duplicate (acknowledged, stored once), refused (invalid payload), failed (storage error, not acknowledged).",
@@ -175,6 +177,7 @@ func (in *Ingester) store(m *payload.Message, now time.Time, done func(error)) {
 			in.messages.WithLabelValues(ResultStored).Inc()
 			in.points.Add(float64(len(m.Points)))
 			in.latency.Observe(time.Since(start).Seconds())
+			in.rates.observe(m.Device, now)
 			if in.seen != nil {
 				in.seen(m.Device, now)
 			}

@@ -20,6 +20,7 @@ const xssName = `<script>alert(1)</script><img src=x onerror="document.title='pw
 // delta, and meet a 412 when the version moved on.
 func TestBrowserDashboard(t *testing.T) {
 	chromium(t)
+	requireUPlot(t, true)
 	h := startHub(t)
 	dir := artifacts(t)
 	pw := h.addDevice("sensor-1", "Boiler room", map[string]string{"site": "plant-2"})
@@ -29,9 +30,13 @@ func TestBrowserDashboard(t *testing.T) {
 	if code := h.api("POST", "/api/v1/devices", map[string]any{"id": "child-1", "gateway": "gw-1"}, nil); code != http.StatusCreated {
 		t.Fatalf("creating child-1: HTTP %d", code)
 	}
-	h.dial("gw-1", gwpw)
+	gw := h.dial("gw-1", gwpw)
+	// The gateway reports its firmware and spool state, as fieldhub edge does.
+	publish(t, gw, "devices/gw-1/twin/reported", `{"firmware":"fieldhub-test","edge":{"spool":{"records":12,"bytes":4096,"max_bytes":1073741824,"oldest_age_s":3.5,`+
+		`"drops":{"overflow":2,"age":0,"refused":0,"no_space":0,"hub_refused":0},"uplink":{"state":"connected","since":"2026-01-02T03:04:05Z","reconnects":1},"reported_at":"2026-01-02T03:04:06Z"}}}`)
 
 	dev := h.dial("sensor-1", pw)
+	publish(t, dev, "devices/sensor-1/twin/reported", `{"firmware":{"version":"2.7.1"}}`)
 	// The device answers every command with success.
 	if tok := dev.Subscribe("devices/sensor-1/commands/#", 1, func(c mqtt3.Client, m mqtt3.Message) {
 		var cmd struct {
@@ -107,6 +112,9 @@ func TestBrowserDashboard(t *testing.T) {
 	waitJS(t, ctx, "sensor-1 online", `document.querySelector('#fleet-rows tr[data-id="sensor-1"] td:nth-child(4)').textContent.startsWith("online")`)
 	waitJS(t, ctx, "the hostile name as text", `document.querySelector('#fleet-rows tr[data-id="xss-1"] td:nth-child(2)').textContent === `+jsString(xssName))
 	waitJS(t, ctx, "the hostile label as text", `document.querySelector('#fleet-rows tr[data-id="xss-1"] .label').textContent === `+jsString("note="+xssName))
+	// Firmware from the twins, message rate from the ingester.
+	waitJS(t, ctx, "firmware versions", `document.querySelector('#fleet-rows tr[data-id="sensor-1"] .firmware').textContent === "2.7.1" && document.querySelector('#fleet-rows tr[data-id="gw-1"] .firmware').textContent === "fieldhub-test" && document.querySelector('#fleet-rows tr[data-id="idle-1"] .firmware').textContent === "—"`)
+	waitJS(t, ctx, "sensor-1's message rate", `Number(document.querySelector('#fleet-rows tr[data-id="sensor-1"] .rate').textContent) >= 5 && document.querySelector('#fleet-rows tr[data-id="idle-1"] .rate').textContent === "0.0"`)
 	screenshot(t, ctx, dir, "02-fleet")
 	if bad, _ := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.title === "pwned" || document.querySelectorAll("#app script, #app img").length > 0`)); bad {
 		t.Fatal("a device-provided string was rendered as HTML")
@@ -128,6 +136,7 @@ func TestBrowserDashboard(t *testing.T) {
 	}
 	waitJS(t, ctx, "new points from the stream", fmt.Sprintf(`Number(document.querySelector('.chart[data-metric="temperature"]').dataset.points) >= %d && document.getElementById("charts").dataset.live === "streaming"`, n0+3))
 	waitJS(t, ctx, "latest values", `document.getElementById("latest").textContent.includes("temperature")`)
+	waitJS(t, ctx, "the device's firmware and rate", `document.getElementById("device-firmware").textContent === "2.7.1" && Number(document.getElementById("device-rate").textContent) > 0`)
 	screenshot(t, ctx, dir, "03-device")
 
 	// Command: sent, answered by the device, shown as succeeded.
@@ -166,6 +175,10 @@ func TestBrowserDashboard(t *testing.T) {
 	// Hub health.
 	eval("health", `(location.hash = "#/health", true)`)
 	waitJS(t, ctx, "connections", `document.getElementById("health-rows").textContent.includes("fieldhub_mqtt_connections")`)
+	waitJS(t, ctx, "the gateway's spool", `(()=>{const r=document.querySelector('#gateway-rows tr[data-id="gw-1"]'); return !!r && document.querySelectorAll("#gateway-rows tr").length === 1 &&
+		r.querySelector(".spool-records").textContent === "12" && r.querySelector(".spool-bytes").textContent === "4.0 KiB of 1.0 GiB" && r.querySelector(".spool-age").textContent === "4 s" &&
+		r.querySelector(".spool-drops").textContent === "overflow=2" && r.querySelector(".spool-uplink").textContent.startsWith("connected since") && r.querySelector(".firmware").textContent === "fieldhub-test" &&
+		r.children[1].textContent === "online" && r.children[3].textContent === "1"})()`)
 	screenshot(t, ctx, dir, "06-health")
 	if bad, _ := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.title === "pwned"`)); bad {
 		t.Fatal("a device-provided string ran as HTML")

@@ -20,6 +20,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/internal/config"
 	"github.com/fieldhub/fieldhub/internal/hub"
+	"github.com/fieldhub/fieldhub/internal/web"
 )
 
 // testHub is a real hub on loopback ports in a temporary folder.
@@ -135,6 +136,24 @@ func chromium(t *testing.T) string {
 	}
 	t.Skip("chromium is not installed; skipping the browser test")
 	return ""
+}
+
+// requireUPlot tells whether the charting library is embedded (`make ui`
+// copies it from npm). Without it a test fails when CI is set; otherwise
+// it is skipped when skip is set, or goes on without charts.
+func requireUPlot(t *testing.T, skip bool) bool {
+	t.Helper()
+	if web.ChartsAvailable() {
+		return true
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("uPlot is not embedded: run `make ui` (make test does) before go test")
+	}
+	if skip {
+		t.Skip("uPlot is not embedded (run `make ui`); skipping")
+	}
+	t.Log("uPlot is not embedded (run `make ui`)")
+	return false
 }
 
 // browser starts headless Chromium with the flags this machine needs and

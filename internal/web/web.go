@@ -1,8 +1,9 @@
 // Package web is the hub's dashboard: static, embedded assets (an HTML
-// shell, its script and style, and the vendored uPlot charting library)
-// that read all their data from the REST API with the admin token the
-// operator types in. The assets hold no data; every data route they call
-// is behind the API's bearer-token check.
+// shell, its script and style, and the uPlot charting library that `make
+// ui` installs with npm into static/vendor) that read all their data from
+// the REST API with the admin token the operator types in. The assets hold
+// no data; every data route they call is behind the API's bearer-token
+// check.
 package web
 
 import (
@@ -16,8 +17,22 @@ import (
 	"github.com/fieldhub/fieldhub/internal/store"
 )
 
+// The folder always holds the committed files (the shell, its script and
+// style, static/vendor/README.md); uPlot is there only after `make ui`.
+//
 //go:embed static
 var static embed.FS
+
+// UPlotFile is the charting library's script among the assets.
+const UPlotFile = "vendor/uPlot.iife.min.js"
+
+// ChartsAvailable reports whether the binary embeds uPlot (built with
+// `make`); without it the dashboard works but says "charts unavailable:
+// build with make" where the charts would be.
+func ChartsAvailable() bool {
+	_, err := fs.Stat(Assets(), UPlotFile)
+	return err == nil
+}
 
 // Assets returns the embedded files, rooted at the static folder.
 func Assets() fs.FS {

@@ -45,6 +45,24 @@
     charts.forEach((c) => c.destroy()); charts = [];
   }
   function fmtTime(s) { return s ? new Date(s).toLocaleString() : "—"; }
+  function fmtRate(r) { return typeof r === "number" ? (r >= 10 ? r.toFixed(0) : r.toFixed(1)) : "—"; }
+  function fmtBytes(n) {
+    if (typeof n !== "number") return "—";
+    const u = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : String(n)) + " " + u[i];
+  }
+  function fmtAge(s) {
+    if (typeof s !== "number") return "—";
+    if (s < 120) return s.toFixed(0) + " s";
+    if (s < 7200) return (s / 60).toFixed(0) + " min";
+    return (s / 3600).toFixed(1) + " h";
+  }
+  // The charting library is installed by `make` (npm, from the lockfile);
+  // a binary built without it serves the dashboard without charts.
+  const CHARTS_MISSING = "charts unavailable: build with make";
+  function hasCharts() { return typeof uPlot !== "undefined"; }
 
   function logout(msg) {
     sessionStorage.removeItem("fieldhub-token");
@@ -105,7 +123,7 @@
       el("div", { class: "counts" },
         el("div", { class: "count on" }, nOn, "online", viaGw), el("div", { class: "count off" }, nOff, "offline"), el("div", { class: "count alerting" }, nAl, "alerting")),
       el("label", {}, "Search by id prefix ", search), el("div", { class: "pager" }, prev, " ", next, " ", info),
-      el("table", {}, el("thead", {}, el("tr", {}, ...["Device", "Name", "Gateway", "State", "Last seen", "Status", "Labels"].map((h) => el("th", {}, h)))), body));
+      el("table", {}, el("thead", {}, el("tr", {}, ...["Device", "Name", "Gateway", "State", "Last seen", "Msg/min", "Firmware", "Status", "Labels"].map((h) => el("th", {}, h)))), body));
     let alerting = new Set();
     let stack = [""], next_ = "";
     async function load() {
@@ -125,7 +143,9 @@
         el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(x.id) }, x.id)),
         el("td", {}, x.name || ""), el("td", {}, x.gateway || ""),
         el("td", { class: state(x)[0] }, state(x)[1], alerting.has(x.id) ? el("span", { class: "alerting" }, " · alerting") : null),
-        el("td", {}, fmtTime(x.last_seen)), el("td", {}, x.status || ""),
+        el("td", {}, fmtTime(x.last_seen)),
+        el("td", { class: "rate num" }, fmtRate(x.msg_rate)), el("td", { class: "firmware" }, x.firmware || "—"),
+        el("td", {}, x.status || ""),
         el("td", {}, ...Object.entries(x.labels || {}).map(([k, v]) => el("span", { class: "label" }, k + "=" + v))))));
       info.textContent = "page " + stack.length + ((d.devices || []).length ? "" : " (no devices)");
       prev.disabled = stack.length === 1; next.disabled = !next_;
@@ -176,6 +196,7 @@
       meta.replaceChildren(
         el("div", {}, "Name: ", d.name || "—", " · Auth: ", d.auth, " · Gateway: ", d.gateway || "—"),
         el("div", {}, "State: ", el("span", { class: d.online || via ? "on" : "off", id: "device-state" }, d.online ? "online" : via ? "online via " + d.gateway : "offline"), " · Last seen: ", fmtTime(d.last_seen), " · Status: ", d.status || "—"),
+        el("div", {}, "Firmware: ", el("span", { id: "device-firmware" }, d.firmware || "—"), " · Messages: ", el("span", { id: "device-rate" }, fmtRate(d.msg_rate)), " / min"),
         el("div", {}, "Labels: ", ...Object.entries(d.labels || {}).map(([k, v]) => el("span", { class: "label" }, k + "=" + v))),
         el("div", {}, "Credentials version ", String(d.credentials_version), " ", rot), out);
     }).catch((e) => meta.replaceChildren(el("p", { class: "error" }, "Could not load the device: " + e.message)));
@@ -244,6 +265,7 @@
       backoff = Math.min(backoff * 2, 30000);
     }
     function plotFor(metric) {
+      if (!hasCharts()) return null;
       let s = series.get(metric);
       if (s) return s;
       const box = el("div", { class: "chart", "data-metric": metric });
@@ -259,6 +281,7 @@
       for (const sr of resp.series || []) {
         if (sr.kind !== "number") continue;
         const s = plotFor(sr.metric);
+        if (!s) continue;
         for (const p of sr.points || []) {
           const t = Date.parse(p.ts);
           if (s.xs.length && t <= s.xs[s.xs.length - 1] * 1000) continue;
@@ -280,6 +303,7 @@
       const g = ++gen;
       stopLive();
       charts.forEach((c) => c.destroy()); charts = []; series = new Map(); chartBox.replaceChildren(); last = 0;
+      if (!hasCharts()) { chartBox.replaceChildren(el("p", { class: "error", id: "charts-unavailable" }, CHARTS_MISSING)); return; }
       const r = RANGES[range.value], now = Date.now();
       const q = new URLSearchParams({ from: String(now - r.ms), to: String(now + 60e3), limit: "10000" });
       if (r.step) { q.set("step", r.step); q.set("agg", "avg"); }
@@ -418,8 +442,36 @@
   function healthView(app) {
     const body = el("tbody", { id: "health-rows" });
     const rate = el("b", { id: "ingest-rate" }, "…");
+    const gwBody = el("tbody", { id: "gateway-rows" });
+    const gwInfo = el("p", { id: "gateway-info" });
     app.append(el("h1", {}, "Hub health"), el("div", { class: "counts" }, el("div", { class: "count" }, rate, "points stored / s")),
+      el("h2", {}, "Gateways"), gwInfo,
+      el("table", {}, el("thead", {}, el("tr", {}, ...["Gateway", "State", "Firmware", "Devices behind", "Spool records", "Spool bytes", "Oldest record", "Drops", "Uplink", "Reported"].map((h) => el("th", {}, h)))), gwBody),
+      el("h2", {}, "Hub metrics"),
       el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Metric"), el("th", {}, "Labels"), el("th", {}, "Value"))), body));
+    // Spool state that each gateway reports in its twin (reported
+    // "edge.spool"), from GET /api/v1/gateways.
+    every(10000, async () => {
+      try {
+        const g = await get("/api/v1/gateways");
+        const gws = g.gateways || [];
+        gwInfo.textContent = gws.length ? "" : "No gateways (devices with devices registered behind them).";
+        gwBody.replaceChildren(...gws.map((x) => {
+          const sp = x.spool && typeof x.spool === "object" ? x.spool : null;
+          const drops = sp && sp.drops && typeof sp.drops === "object" ? Object.entries(sp.drops).filter(([, v]) => v > 0).map(([k, v]) => k + "=" + v).join(" ") || "none" : "—";
+          const up = sp && sp.uplink && typeof sp.uplink === "object" ? String(sp.uplink.state || "") + (sp.uplink.since ? " since " + fmtTime(sp.uplink.since) : "") + (sp.uplink.reconnects ? " · " + sp.uplink.reconnects + " reconnects" : "") : "—";
+          return el("tr", { "data-id": x.id },
+            el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(x.id) }, x.id)),
+            el("td", { class: x.online ? "on" : "off" }, x.online ? "online" : "offline"),
+            el("td", { class: "firmware" }, x.firmware || "—"), el("td", { class: "num" }, String(x.children)),
+            el("td", { class: "spool-records num" }, sp ? String(sp.records) : "not reported"),
+            el("td", { class: "spool-bytes num" }, sp ? fmtBytes(sp.bytes) + (sp.max_bytes ? " of " + fmtBytes(sp.max_bytes) : "") : "—"),
+            el("td", { class: "spool-age" }, sp ? (sp.records ? fmtAge(sp.oldest_age_s) : "—") : "—"),
+            el("td", { class: "spool-drops" }, drops), el("td", { class: "spool-uplink" }, up),
+            el("td", {}, fmtTime(sp && sp.reported_at)));
+        }));
+      } catch (e) { if (e.status !== 401) gwInfo.textContent = "Could not load the gateways: " + e.message; }
+    });
     const want = /^fieldhub_(mqtt_connections|devices_online|mqtt_connect_refusals_total|mqtt_dropped_total|mqtt_acl_denials_total|telemetry_refused_total|telemetry_batch_refused_total|alerts_refused_total|telemetry_messages_total|telemetry_points_stored_total|alerts_total|commands_total)$/;
     let prev = null;
     every(3000, async () => {
