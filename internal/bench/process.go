@@ -219,6 +219,10 @@ type MosquittoConfig struct {
 	// NoDelay sets set_tcp_nodelay (Nagle's algorithm off, as the Go
 	// brokers have it).
 	NoDelay bool
+	// Conf is appended to the configuration file (e.g. queue limits).
+	Conf string
+	// ACL is appended to the ACL file (e.g. a user block for a hub).
+	ACL string
 	// Logger receives the process's start and stop; nil discards.
 	Logger *slog.Logger
 }
@@ -246,7 +250,7 @@ func StartMosquitto(ctx context.Context, mc MosquittoConfig) (*Process, error) {
 	cleanup := func() { _ = os.RemoveAll(dir) }
 	var auth strings.Builder
 	if hasPasswords(mc.Devices) {
-		if err := writeMosquittoAuth(ctx, dir, path, mc.Devices); err != nil {
+		if err := writeMosquittoAuth(ctx, dir, path, mc.Devices, mc.ACL); err != nil {
 			cleanup()
 			return nil, err
 		}
@@ -271,6 +275,10 @@ func StartMosquitto(ctx context.Context, mc MosquittoConfig) (*Process, error) {
 		conf.WriteString("persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n")
 		if mc.NoDelay {
 			conf.WriteString("set_tcp_nodelay true\n")
+		}
+		conf.WriteString(mc.Conf)
+		if mc.Conf != "" && !strings.HasSuffix(mc.Conf, "\n") {
+			conf.WriteString("\n")
 		}
 		if os.Geteuid() == 0 {
 			// As root, mosquitto would switch to the mosquitto user, who
@@ -308,7 +316,7 @@ func hasPasswords(devs []Device) bool {
 // writeMosquittoAuth writes dir/passwd (hashed in place by
 // mosquitto_passwd -U, found beside the mosquitto binary or on PATH) and
 // dir/acl.
-func writeMosquittoAuth(ctx context.Context, dir, mosquittoPath string, devs []Device) error {
+func writeMosquittoAuth(ctx context.Context, dir, mosquittoPath string, devs []Device, extraACL string) error {
 	var pw, acl strings.Builder
 	byUser := true
 	for _, d := range devs {
@@ -326,6 +334,7 @@ func writeMosquittoAuth(ctx context.Context, dir, mosquittoPath string, devs []D
 	} else {
 		acl.WriteString("pattern write devices/%c/#\npattern read devices/%c/#\n")
 	}
+	acl.WriteString(extraACL)
 	pwFile := filepath.Join(dir, "passwd")
 	if err := os.WriteFile(pwFile, []byte(pw.String()), 0o600); err != nil {
 		return fmt.Errorf("mosquitto: %w", err)

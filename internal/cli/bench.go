@@ -25,7 +25,7 @@ import (
 
 func benchCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Reproducible benchmarks that print figures"}
-	cmd.AddCommand(benchIngestCmd(stdout, stderr), benchConnectionsCmd(stdout, stderr), benchSpoolCmd(stdout), benchEdgeCmd(stdout, stderr), baselineBrokerCmd(stdout, stderr), benchCommandsCmd(stdout, stderr))
+	cmd.AddCommand(benchIngestCmd(stdout, stderr), benchConnectionsCmd(stdout, stderr), benchSpoolCmd(stdout), benchEdgeCmd(stdout, stderr), baselineBrokerCmd(stdout, stderr), benchCommandsCmd(stdout, stderr), benchClusterCmd(stdout, stderr))
 	return cmd
 }
 

@@ -106,6 +106,10 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// PollWaiters > 0 makes Wait also re-read the command at this
+	// interval: with several hub instances, the answer may be stored by
+	// another instance, which cannot wake this one's waiters.
+	PollWaiters time.Duration
 }
 
 // Request asks for a command.
@@ -376,9 +380,24 @@ func (s *Service) Wait(ctx context.Context, id string) (store.Command, error) {
 	if err != nil || c.State.Terminal() || closed {
 		return c, err
 	}
-	select {
-	case <-ch:
-	case <-ctx.Done():
+	var poll <-chan time.Time
+	if s.o.PollWaiters > 0 {
+		t := time.NewTicker(s.o.PollWaiters)
+		defer t.Stop()
+		poll = t.C
+	}
+wait:
+	for {
+		select {
+		case <-ch:
+			break wait
+		case <-ctx.Done():
+			break wait
+		case <-poll:
+			if c, err := s.o.Store.GetCommand(ctx, id); err == nil && c.State.Terminal() {
+				return c, nil
+			}
+		}
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
 	defer cancel()

@@ -5,9 +5,11 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -16,6 +18,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/fieldhub/fieldhub/internal/influx"
 )
 
 // Duration is a time.Duration that YAML, flags and environment variables
@@ -93,6 +97,48 @@ type Hub struct {
 	// CheckpointInterval is how often the write-ahead log is folded into
 	// compressed chunks. Default 1m.
 	CheckpointInterval Duration `yaml:"checkpoint_interval"`
+	// Storage is where the hub keeps its state: "embedded" (default; files
+	// under Data) or "postgres" (PostgresURL; needed to run several hub
+	// instances).
+	Storage string `yaml:"storage"`
+	// PostgresURL is the PostgreSQL database for storage: postgres, as a
+	// libpq URL or key=value string. Prefer FIELDHUB_POSTGRES_URL when it
+	// holds a password.
+	PostgresURL string `yaml:"postgres_url"`
+	// Broker is "embedded" (default: the hub's own MQTT listeners) or
+	// "external": devices connect to the broker at ExternalBrokerURL and
+	// the hub consumes their messages through shared subscriptions.
+	Broker string `yaml:"broker"`
+	// ExternalBrokerURL is mqtt://host:port or mqtts://host:port.
+	ExternalBrokerURL string `yaml:"external_broker_url"`
+	// ExternalBrokerClientID is this instance's MQTT client id, stable
+	// across restarts and different for each instance. Default
+	// "fieldhub-" + the host name.
+	ExternalBrokerClientID string `yaml:"external_broker_client_id"`
+	// ExternalBrokerUsername is the hub's user at the external broker;
+	// its password is FIELDHUB_EXTERNAL_BROKER_PASSWORD.
+	ExternalBrokerUsername string `yaml:"external_broker_username"`
+	// ExternalBrokerCAFile holds the certificates that sign the external
+	// broker's (mqtts://); default: the system's roots.
+	ExternalBrokerCAFile string `yaml:"external_broker_ca_file"`
+	// ShareGroup names the shared subscriptions the instances split the
+	// load with. Default "fieldhub".
+	ShareGroup string `yaml:"share_group"`
+	// MosquittoPasswordFile and MosquittoACLFile, when set, are Mosquitto's
+	// password_file and acl_file, kept in step with the registry
+	// (docs/brokers.md); MosquittoPIDFile is its pid_file, signalled
+	// (SIGHUP) after a change.
+	MosquittoPasswordFile string `yaml:"mosquitto_password_file"`
+	MosquittoACLFile      string `yaml:"mosquitto_acl_file"`
+	MosquittoPIDFile      string `yaml:"mosquitto_pid_file"`
+	// MosquittoSyncInterval is how often the files are rewritten from the
+	// registry (changes made through other instances). Default 10s.
+	MosquittoSyncInterval Duration `yaml:"mosquitto_sync_interval"`
+	// BrokerAuthCertificates lets the HTTP authentication endpoint accept
+	// certificate logins (the broker verified the certificate).
+	BrokerAuthCertificates bool `yaml:"broker_auth_certificates"`
+	// Export configures optional copies of telemetry to other systems.
+	Export Export `yaml:"export"`
 	// LogLevel is debug, info, warn or error. Default info.
 	LogLevel string `yaml:"log_level"`
 	// LogFormat is text or json. Default text.
@@ -102,20 +148,37 @@ type Hub struct {
 	MasterKey string `yaml:"-"`
 	// AdminToken is FIELDHUB_ADMIN_TOKEN; never read from the file.
 	AdminToken string `yaml:"-"`
+	// ExternalBrokerPassword is FIELDHUB_EXTERNAL_BROKER_PASSWORD; never
+	// read from the file.
+	ExternalBrokerPassword string `yaml:"-"`
+	// BrokerAuthSecret is FIELDHUB_BROKER_AUTH_SECRET: when set, the HTTP
+	// authentication/authorization endpoint for external brokers (EMQX)
+	// is served under /internal/broker/ and the broker must send it.
+	BrokerAuthSecret string `yaml:"-"`
+}
+
+// Export holds the telemetry export sinks (docs/export.md).
+type Export struct {
+	// InfluxDB, when its url is set, receives every stored point.
+	InfluxDB influx.Config `yaml:"influxdb"`
 }
 
 // Default returns the configuration with every default filled in.
 func Default() Hub {
 	return Hub{
-		Data:                "./fieldhub-data",
-		MQTTSAddr:           ":8883",
-		HTTPAddr:            ":8080",
-		MaxPayloadBytes:     64 << 10,
-		MaxPointsPerMessage: 1000,
-		DedupWindow:         1024,
-		CheckpointInterval:  Duration(time.Minute),
-		LogLevel:            "info",
-		LogFormat:           "text",
+		Data:                  "./fieldhub-data",
+		MQTTSAddr:             ":8883",
+		HTTPAddr:              ":8080",
+		MaxPayloadBytes:       64 << 10,
+		MaxPointsPerMessage:   1000,
+		DedupWindow:           1024,
+		CheckpointInterval:    Duration(time.Minute),
+		LogLevel:              "info",
+		LogFormat:             "text",
+		Storage:               "embedded",
+		Broker:                "embedded",
+		ShareGroup:            "fieldhub",
+		MosquittoSyncInterval: Duration(10 * time.Second),
 	}
 }
 
@@ -149,7 +212,7 @@ func (c *Hub) LoadYAML(name string, b []byte) error {
 		if !ok {
 			return fmt.Errorf("config file %s: line %d: unknown field %q", name, k.Line, k.Value)
 		}
-		if err := v.Decode(ptr); err != nil {
+		if err := decodeStrict(v, ptr); err != nil {
 			var te *yaml.TypeError
 			if errors.As(err, &te) && len(te.Errors) > 0 {
 				err = errors.New(te.Errors[0])
@@ -158,6 +221,21 @@ func (c *Hub) LoadYAML(name string, b []byte) error {
 		}
 	}
 	return nil
+}
+
+// decodeStrict decodes a value node; in nested mappings, unknown fields
+// are errors too.
+func decodeStrict(v *yaml.Node, ptr any) error {
+	if v.Kind != yaml.MappingNode {
+		return v.Decode(ptr)
+	}
+	b, err := yaml.Marshal(v)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	return dec.Decode(ptr)
 }
 
 // yamlFields maps each YAML key of c to a pointer to its field.
@@ -238,6 +316,19 @@ var Settings = []Setting{
 	{Key: "max_points_per_message", Env: "FIELDHUB_MAX_POINTS_PER_MESSAGE", Usage: "most points in one telemetry message", Set: integer(func(c *Hub) *int { return &c.MaxPointsPerMessage })},
 	{Key: "dedup_window", Env: "FIELDHUB_DEDUP_WINDOW", Usage: "recent seq numbers remembered per device", Set: integer(func(c *Hub) *int { return &c.DedupWindow })},
 	{Key: "checkpoint_interval", Env: "FIELDHUB_CHECKPOINT_INTERVAL", Usage: "how often the WAL is folded into compressed chunks", Set: duration(func(c *Hub) *Duration { return &c.CheckpointInterval })},
+	{Key: "storage", Env: "FIELDHUB_STORAGE", Usage: "embedded or postgres", Set: str(func(c *Hub) *string { return &c.Storage })},
+	{Key: "postgres_url", Env: "FIELDHUB_POSTGRES_URL", Usage: "PostgreSQL database URL (storage: postgres)", Set: str(func(c *Hub) *string { return &c.PostgresURL })},
+	{Key: "broker", Env: "FIELDHUB_BROKER", Usage: "embedded, or external (devices connect to external_broker_url)", Set: str(func(c *Hub) *string { return &c.Broker })},
+	{Key: "external_broker_url", Env: "FIELDHUB_EXTERNAL_BROKER_URL", Usage: "mqtt:// or mqtts:// URL of the external broker", Set: str(func(c *Hub) *string { return &c.ExternalBrokerURL })},
+	{Key: "external_broker_client_id", Env: "FIELDHUB_EXTERNAL_BROKER_CLIENT_ID", Usage: "this instance's client id at the external broker (stable, unique per instance)", Set: str(func(c *Hub) *string { return &c.ExternalBrokerClientID })},
+	{Key: "external_broker_username", Env: "FIELDHUB_EXTERNAL_BROKER_USERNAME", Usage: "the hub's user name at the external broker", Set: str(func(c *Hub) *string { return &c.ExternalBrokerUsername })},
+	{Key: "external_broker_ca_file", Env: "FIELDHUB_EXTERNAL_BROKER_CA_FILE", Usage: "CA certificates of the external broker (mqtts://)", Set: str(func(c *Hub) *string { return &c.ExternalBrokerCAFile })},
+	{Key: "share_group", Env: "FIELDHUB_SHARE_GROUP", Usage: "shared subscription group of the hub instances", Set: str(func(c *Hub) *string { return &c.ShareGroup })},
+	{Key: "mosquitto_password_file", Env: "FIELDHUB_MOSQUITTO_PASSWORD_FILE", Usage: "Mosquitto password_file kept in step with the registry", Set: str(func(c *Hub) *string { return &c.MosquittoPasswordFile })},
+	{Key: "mosquitto_acl_file", Env: "FIELDHUB_MOSQUITTO_ACL_FILE", Usage: "Mosquitto acl_file kept in step with the registry", Set: str(func(c *Hub) *string { return &c.MosquittoACLFile })},
+	{Key: "mosquitto_pid_file", Env: "FIELDHUB_MOSQUITTO_PID_FILE", Usage: "Mosquitto pid_file, signalled to reload after a change", Set: str(func(c *Hub) *string { return &c.MosquittoPIDFile })},
+	{Key: "mosquitto_sync_interval", Env: "FIELDHUB_MOSQUITTO_SYNC_INTERVAL", Usage: "how often Mosquitto's files are rewritten from the registry", Set: duration(func(c *Hub) *Duration { return &c.MosquittoSyncInterval })},
+	{Key: "broker_auth_certificates", Env: "FIELDHUB_BROKER_AUTH_CERTIFICATES", Bool: true, Usage: "accept certificate logins at the broker authentication endpoint", Set: boolean(func(c *Hub) *bool { return &c.BrokerAuthCertificates })},
 	{Key: "log_level", Env: "FIELDHUB_LOG_LEVEL", Usage: "debug, info, warn or error", Set: str(func(c *Hub) *string { return &c.LogLevel })},
 	{Key: "log_format", Env: "FIELDHUB_LOG_FORMAT", Usage: "text or json", Set: str(func(c *Hub) *string { return &c.LogFormat })},
 }
@@ -253,6 +344,9 @@ func (c *Hub) ApplyEnv(getenv func(string) string) error {
 	}
 	c.MasterKey = getenv("FIELDHUB_MASTER_KEY")
 	c.AdminToken = getenv("FIELDHUB_ADMIN_TOKEN")
+	c.ExternalBrokerPassword = getenv("FIELDHUB_EXTERNAL_BROKER_PASSWORD")
+	c.BrokerAuthSecret = getenv("FIELDHUB_BROKER_AUTH_SECRET")
+	c.Export.InfluxDB.ApplyEnv(getenv)
 	return nil
 }
 
@@ -326,6 +420,46 @@ func (c *Hub) Validate() error {
 				return fmt.Errorf("insecure_open_policy: the open policy is for loopback listeners only, but %s is %q", a.key, a.v)
 			}
 		}
+	}
+	switch c.Storage {
+	case "embedded":
+	case "postgres":
+		if c.PostgresURL == "" {
+			return errors.New("postgres_url: must be set when storage is postgres (or FIELDHUB_POSTGRES_URL)")
+		}
+	default:
+		return fmt.Errorf("storage: %q is not embedded or postgres", c.Storage)
+	}
+	switch c.Broker {
+	case "embedded":
+	case "external":
+		u, err := url.Parse(c.ExternalBrokerURL)
+		if c.ExternalBrokerURL == "" || err != nil {
+			return fmt.Errorf("external_broker_url: must be an mqtt:// or mqtts:// URL when broker is external, got %q", c.ExternalBrokerURL)
+		}
+		if u.Scheme != "mqtt" && u.Scheme != "mqtts" {
+			return fmt.Errorf("external_broker_url: scheme %q is not mqtt or mqtts", u.Scheme)
+		}
+		if u.Port() == "" {
+			return fmt.Errorf("external_broker_url: %q has no port", c.ExternalBrokerURL)
+		}
+		if c.ShareGroup == "" || strings.ContainsAny(c.ShareGroup, "/+#") {
+			return fmt.Errorf("share_group: %q must be a non-empty name without /, + or #", c.ShareGroup)
+		}
+	default:
+		return fmt.Errorf("broker: %q is not embedded or external", c.Broker)
+	}
+	if err := c.Export.InfluxDB.Validate(); err != nil {
+		return fmt.Errorf("export.influxdb: %w", err)
+	}
+	if (c.MosquittoPasswordFile == "") != (c.MosquittoACLFile == "") {
+		return errors.New("mosquitto_password_file: set together with mosquitto_acl_file, or neither")
+	}
+	if c.MosquittoPasswordFile != "" && c.MosquittoSyncInterval < Duration(time.Second) {
+		return fmt.Errorf("mosquitto_sync_interval: %s is shorter than 1s", c.MosquittoSyncInterval)
+	}
+	if c.BrokerAuthSecret != "" && len(c.BrokerAuthSecret) < 16 {
+		return errors.New("FIELDHUB_BROKER_AUTH_SECRET: shorter than 16 characters")
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < MinAdminTokenLength {
 		return fmt.Errorf("FIELDHUB_ADMIN_TOKEN: shorter than %d characters", MinAdminTokenLength)

@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -28,15 +27,16 @@ import (
 
 	"github.com/fieldhub/fieldhub/internal/api"
 	"github.com/fieldhub/fieldhub/internal/broker"
+	"github.com/fieldhub/fieldhub/internal/brokerauth"
 	"github.com/fieldhub/fieldhub/internal/command"
 	"github.com/fieldhub/fieldhub/internal/config"
+	"github.com/fieldhub/fieldhub/internal/extbroker"
+	"github.com/fieldhub/fieldhub/internal/influx"
 	"github.com/fieldhub/fieldhub/internal/live"
 	"github.com/fieldhub/fieldhub/internal/pki"
 	"github.com/fieldhub/fieldhub/internal/registry"
 	"github.com/fieldhub/fieldhub/internal/store"
-	"github.com/fieldhub/fieldhub/internal/store/sqlite"
 	"github.com/fieldhub/fieldhub/internal/telemetry"
-	"github.com/fieldhub/fieldhub/internal/tsdb"
 	"github.com/fieldhub/fieldhub/internal/twin"
 	"github.com/fieldhub/fieldhub/internal/web"
 	"github.com/fieldhub/fieldhub/payload"
@@ -50,8 +50,8 @@ type Hub struct {
 	reg *prometheus.Registry
 
 	adminToken string
-	regDB      *sqlite.DB
-	tdb        *tsdb.DB
+	db         stateStore     // registry, CA, alerts, commands, twins
+	tel        telemetryStore // telemetry
 	ca         *pki.CA
 	devices    *registry.Service
 	presence   *presence
@@ -59,7 +59,11 @@ type Hub struct {
 	commands   *command.Service
 	live       *live.Broadcaster
 	twins      *twin.Service
-	broker     *broker.Broker
+	broker     *broker.Broker        // the embedded broker, nil with an external one
+	ext        *extbroker.Client     // the link to an external broker, or nil
+	mosquitto  *brokerauth.Mosquitto // keeps an external Mosquitto's files, or nil
+	influx     *influx.Sink          // exports telemetry to InfluxDB, or nil
+	pub        publisher             // broker or ext
 	api        *api.API
 	httpSrv    *http.Server
 	httpLn     net.Listener
@@ -68,6 +72,37 @@ type Hub struct {
 	wg       sync.WaitGroup
 	started  atomic.Bool
 	shutdown atomic.Bool
+}
+
+// stateStore is what the hub keeps beside telemetry: the embedded SQLite
+// store or PostgreSQL.
+type stateStore interface {
+	store.Registry
+	store.KV
+	store.Alerts
+	store.Commands
+	store.Twins
+	HasChildren(ctx context.Context, gateway string) (bool, error)
+	Close() error
+}
+
+// locker is implemented by stores shared by several hub instances.
+type locker interface {
+	Locked(ctx context.Context, name string, fn func(ctx context.Context) error) error
+}
+
+// telemetryStore is the embedded time-series store or PostgreSQL's.
+type telemetryStore interface {
+	store.Telemetry
+	// Err is the error that stopped the store, nil while it works.
+	Err() error
+}
+
+// publisher sends the hub's own messages (commands, desired twin state)
+// through the embedded or the external broker.
+type publisher interface {
+	PublishMessage(m broker.Message) error
+	Publish(name string, payload []byte, retain bool, qos byte) error
 }
 
 // New validates cfg and returns a hub ready to Start.
@@ -111,10 +146,20 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("loading master key: %w", err)
 	}
-	if h.regDB, err = sqlite.Open(filepath.Join(cfg.Data, "registry.db")); err != nil {
-		return fmt.Errorf("opening registry: %w", err)
+	if err := h.openStores(ctx); err != nil {
+		return err
 	}
-	if h.ca, err = pki.Open(ctx, h.regDB, sealKey, h.log.With("component", "pki")); err != nil {
+	openCA := func(ctx context.Context) (err error) {
+		h.ca, err = pki.Open(ctx, h.db, sealKey, h.log.With("component", "pki"))
+		return err
+	}
+	if l, ok := h.db.(locker); ok {
+		// Instances sharing the database create the CA once.
+		err = l.Locked(ctx, "fieldhub-ca", openCA)
+	} else {
+		err = openCA(ctx)
+	}
+	if err != nil {
 		return fmt.Errorf("opening CA: %w", err)
 	}
 	if err := writeFileAtomic(filepath.Join(cfg.Data, "ca.pem"), h.ca.CertPEM(), 0o644); err != nil {
@@ -128,43 +173,68 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("server certificate: %w", err)
 	}
-	h.tdb, err = tsdb.Open(filepath.Join(cfg.Data, "telemetry"), tsdb.Options{
-		Retention:          time.Duration(cfg.Retention),
-		DedupWindow:        cfg.DedupWindow,
-		CheckpointInterval: time.Duration(cfg.CheckpointInterval),
-		Logger:             h.log,
-		Registerer:         h.reg,
-	})
-	if err != nil {
-		return fmt.Errorf("opening telemetry store: %w", err)
+	regOpts := registry.Options{Logger: h.log.With("component", "registry")}
+	if cfg.MosquittoPasswordFile != "" {
+		// Mosquitto cannot verify argon2id: new and rotated passwords
+		// also get a Mosquitto hash, written to its password file.
+		if h.mosquitto, err = brokerauth.NewMosquitto(h.db, h.db, brokerauth.MosquittoConfig{
+			PasswordFile: cfg.MosquittoPasswordFile,
+			ACLFile:      cfg.MosquittoACLFile,
+			PIDFile:      cfg.MosquittoPIDFile,
+			HubUsers:     h.hubUsers(),
+			Logger:       h.log.With("component", "mosquitto"),
+			Registerer:   h.reg,
+		}); err != nil {
+			return err
+		}
+		regOpts.OnPassword = h.mosquitto.OnPassword
 	}
-	h.devices = registry.New(h.regDB, h.ca, registry.Options{Logger: h.log.With("component", "registry")})
-	h.presence = newPresence(h.regDB, h.log.With("component", "presence"), h.reg)
+	h.devices = registry.New(h.db, h.ca, regOpts)
+	if h.mosquitto != nil {
+		h.mosquitto.Watch(h.devices)
+		if _, err := h.mosquitto.Sync(ctx); err != nil {
+			return fmt.Errorf("writing Mosquitto's files: %w", err)
+		}
+	}
+	h.presence = newPresence(h.db, h.log.With("component", "presence"), h.reg)
 	// Gateways act for the devices registered behind them (the registry's
 	// cached IsChild/IsGateway); alerts go to the registry database.
 	// Stored telemetry is fanned out to the live streams of the API.
 	h.live = live.New(live.Options{Registerer: h.reg})
-	h.ingest = telemetry.New(h.tdb, telemetry.Options{
+	if cfg.Export.InfluxDB.Enabled() {
+		if h.influx, err = influx.New(cfg.Export.InfluxDB, influx.Options{
+			Logger: h.log.With("component", "influxdb"), Registerer: h.reg,
+		}); err != nil {
+			return fmt.Errorf("export.influxdb: %w", err)
+		}
+	}
+	h.ingest = telemetry.New(h.tel, telemetry.Options{
 		Limits:     payload.Limits{MaxBytes: cfg.MaxPayloadBytes, MaxPoints: cfg.MaxPointsPerMessage},
 		Logger:     h.log.With("component", "ingest"),
 		Registerer: h.reg,
 		Seen:       h.presence.Seen,
 		Gateways:   h.devices,
-		Alerts:     h.regDB,
-		Stored:     h.live.Publish,
+		Alerts:     h.db,
+		Stored:     h.stored,
 	})
 	// Commands and twins publish through the broker, which is built next
 	// (brokerLink reads h.broker when called).
+	var pollWaiters time.Duration
+	if cfg.Storage == "postgres" {
+		// Another instance may store the answer a waiter waits for.
+		pollWaiters = 100 * time.Millisecond
+	}
 	if h.commands, err = command.New(command.Options{
-		Store:      h.regDB,
-		Publisher:  brokerLink{h},
-		Logger:     h.log.With("component", "command"),
-		Registerer: h.reg,
+		Store:       h.db,
+		PollWaiters: pollWaiters,
+		Publisher:   brokerLink{h},
+		Logger:      h.log.With("component", "command"),
+		Registerer:  h.reg,
 	}); err != nil {
 		return err
 	}
 	if h.twins, err = twin.New(twin.Options{
-		Store:      h.regDB,
+		Store:      h.db,
 		Publisher:  brokerLink{h},
 		Logger:     h.log.With("component", "twin"),
 		Registerer: h.reg,
@@ -172,51 +242,43 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		return err
 	}
 	h.presence.devices = h.commands
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
-	h.broker, err = broker.New(broker.Config{
-		TCPAddr:   off(cfg.MQTTAddr),
-		TLSAddr:   off(cfg.MQTTSAddr),
-		WSAddr:    off(cfg.WSAddr),
-		WSSAddr:   off(cfg.WSSAddr),
-		TLS:       tlsCfg,
-		ClientCAs: h.ca.Pool(),
-		// Clients that present only their own certificate still chain.
-		ClientIntermediates: h.ca.Intermediates(),
-		VerifyClient: func(certs []*x509.Certificate) error {
-			_, err := h.ca.VerifyClient(certs, time.Now())
+	if cfg.Broker == "external" {
+		if err := h.newExternalBroker(); err != nil {
 			return err
-		},
-		OpenPolicy: cfg.InsecureOpenPolicy,
-		Gateways:   h.devices,
-		// Payloads a little over the limit get a reasoned refusal
-		// (too_large); far larger packets are cut off by the broker.
-		MaxPacketSize: uint32(max(256<<10, 2*cfg.MaxPayloadBytes)),
-		Logger:        h.log,
-		Registerer:    h.reg,
-	}, h.devices, ingester{h.ingest, h.commands, h.twins, h.presence.Seen}, h.presence)
-	if err != nil {
+		}
+	} else if err := h.newEmbeddedBroker(serverCert); err != nil {
 		return err
 	}
-	h.presence.online = h.broker.Online
-	h.presence.count = h.broker.OnlineCount
-	h.devices.OnRevoke(func(id string) {
-		h.broker.Disconnect(id)
-	})
 
 	h.api = api.New(api.Options{
 		AdminToken: h.adminToken,
 		Registry:   deviceAdmin{h},
-		Telemetry:  h.tdb,
-		Alerts:     h.regDB,
+		Telemetry:  h.tel,
+		Alerts:     h.db,
 		Commands:   h.commands,
 		Twins:      h.twins,
 		Live:       h.live,
 		Presence:   h.presence,
+		Rates:      h.ingest,
+		TwinIndex:  h.db,
 		CAPEM:      h.ca.CertPEM(),
 		Metrics:    promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{Registry: h.reg}),
 		Ready:      h.ready,
 		Logger:     h.log.With("component", "api"),
 	})
+	if cfg.BrokerAuthSecret != "" {
+		ba, err := brokerauth.NewHandler(h.devices, brokerauth.HandlerConfig{
+			Secret:            cfg.BrokerAuthSecret,
+			HubUsers:          h.hubUsers(),
+			CertificateLogins: cfg.BrokerAuthCertificates,
+			Logger:            h.log.With("component", "brokerauth"),
+			Registerer:        h.reg,
+		})
+		if err != nil {
+			return err
+		}
+		h.api.Handle("POST /internal/broker/", http.StripPrefix("/internal/broker", ba))
+	}
 	web.Mount(h.api, web.Options{Registry: deviceAdmin{h}, Presence: h.presence})
 	if h.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("http_addr: %w", err)
@@ -231,10 +293,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),
 	}
-	if err := h.broker.Start(ctx); err != nil {
-		return err
-	}
-	if err := h.broker.Subscribe(topic.Prefix+"/+/status", 1, h.presence.statusPublished); err != nil {
+	if err := h.startBroker(ctx); err != nil {
 		return err
 	}
 	// Retained messages live in the broker's memory: publish the stored
@@ -248,6 +307,13 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
+	if h.mosquitto != nil {
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			h.mosquitto.Run(runCtx, time.Duration(cfg.MosquittoSyncInterval))
+		}()
+	}
 	h.wg.Add(2)
 	go func() {
 		defer h.wg.Done()
@@ -259,9 +325,14 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		defer h.wg.Done()
 		h.presence.run(runCtx, 10*time.Second)
 	}()
-	h.log.Info("hub started", "data", cfg.Data, "http", h.httpLn.Addr().String(),
-		"mqtt", addrString(h.broker.Addr("tcp")), "mqtts", addrString(h.broker.Addr("tls")),
-		"ws", addrString(h.broker.Addr("ws")), "wss", addrString(h.broker.Addr("wss")))
+	if h.ext != nil {
+		h.log.Info("hub started", "data", cfg.Data, "storage", cfg.Storage, "http", h.httpLn.Addr().String(),
+			"external_broker", cfg.ExternalBrokerURL, "client_id", h.cfg.ExternalBrokerClientID)
+	} else {
+		h.log.Info("hub started", "data", cfg.Data, "storage", cfg.Storage, "http", h.httpLn.Addr().String(),
+			"mqtt", addrString(h.broker.Addr("tcp")), "mqtts", addrString(h.broker.Addr("tls")),
+			"ws", addrString(h.broker.Addr("ws")), "wss", addrString(h.broker.Addr("wss")))
+	}
 	return nil
 }
 
@@ -269,7 +340,10 @@ func (h *Hub) ready() error {
 	if h.shutdown.Load() {
 		return errors.New("shutting down")
 	}
-	return h.tdb.Err()
+	if h.ext != nil && !h.ext.Connected() {
+		return errors.New("not connected to the external broker")
+	}
+	return h.tel.Err()
 }
 
 // Shutdown stops the listeners, drains ingest, then closes the stores. It
@@ -297,6 +371,11 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("stopping broker: %w", err))
 		}
 	}
+	if h.ext != nil {
+		if err := h.ext.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("disconnecting from the external broker: %w", err))
+		}
+	}
 	if h.commands != nil {
 		// After the broker: no answers come in any more.
 		if err := h.commands.Close(ctx); err != nil {
@@ -309,22 +388,37 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("stopping ingest: %w", err))
 		}
 	}
+	if h.influx != nil {
+		// After ingest: nothing is stored any more.
+		if err := h.influx.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stopping the InfluxDB export: %w", err))
+		}
+	}
 	if h.cancel != nil {
 		h.cancel()
 	}
 	h.wg.Wait()
-	if h.tdb != nil {
-		if err := h.tdb.Close(); err != nil {
+	if h.tel != nil {
+		if err := h.tel.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("closing telemetry store: %w", err))
 		}
 	}
-	if h.regDB != nil {
-		if err := h.regDB.Close(); err != nil {
+	if h.db != nil {
+		if err := h.db.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("closing registry: %w", err))
 		}
 	}
 	h.log.Info("hub stopped")
 	return errors.Join(errs...)
+}
+
+// stored is told of every message once it is durable: the live streams
+// and the exports get it.
+func (h *Hub) stored(m *payload.Message) {
+	h.live.Publish(m)
+	if h.influx != nil {
+		h.influx.Write(m)
+	}
 }
 
 // Addr returns the bound address of a listener: "http", "mqtt", "mqtts",
@@ -336,6 +430,11 @@ func (h *Hub) Addr(name string) net.Addr {
 			return h.httpLn.Addr()
 		}
 		return nil
+	}
+	if h.broker == nil {
+		return nil
+	}
+	switch name {
 	case "mqtt":
 		return h.broker.Addr("tcp")
 	case "mqtts":
@@ -396,10 +495,10 @@ type brokerLink struct{ h *Hub }
 
 // PublishCommand implements command.Publisher.
 func (l brokerLink) PublishCommand(name string, payload []byte, responseTopic string, correlation []byte, expiry time.Duration) error {
-	if l.h.broker == nil {
+	if l.h.pub == nil {
 		return broker.ErrClosed
 	}
-	return l.h.broker.PublishMessage(broker.Message{
+	return l.h.pub.PublishMessage(broker.Message{
 		Topic: name, Payload: payload, QoS: 1,
 		ResponseTopic: responseTopic, CorrelationData: correlation,
 		ContentType: "application/json", Expiry: expiry,
@@ -408,15 +507,21 @@ func (l brokerLink) PublishCommand(name string, payload []byte, responseTopic st
 
 // HasSubscriber implements command.Publisher.
 func (l brokerLink) HasSubscriber(name string) bool {
+	if l.h.ext != nil {
+		// An external broker does not say who subscribes: a device
+		// whose retained status is "online" is taken to listen.
+		t, err := topic.Parse(name)
+		return err == nil && l.h.presence.Online(t.Device)
+	}
 	return l.h.broker != nil && l.h.broker.HasSubscriber(name)
 }
 
 // Publish implements twin.Publisher.
 func (l brokerLink) Publish(name string, payload []byte, retain bool, qos byte) error {
-	if l.h.broker == nil {
+	if l.h.pub == nil {
 		return broker.ErrClosed
 	}
-	return l.h.broker.Publish(name, payload, retain, qos)
+	return l.h.pub.Publish(name, payload, retain, qos)
 }
 
 // deviceAdmin is the registry as the API sees it: deleting a device also
@@ -444,7 +549,7 @@ func (d deviceAdmin) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	d.h.presence.Forget(id)
-	if err := d.h.tdb.DeleteDevice(ctx, id); err != nil {
+	if err := d.h.tel.DeleteDevice(ctx, id); err != nil {
 		return fmt.Errorf("deleting telemetry of %s: %w", id, err)
 	}
 	if err := d.h.commands.DeleteDevice(ctx, id); err != nil {

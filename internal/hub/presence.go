@@ -177,3 +177,36 @@ func (p *presence) run(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// externalStatus records a status message read from an external broker
+// (every hub instance reads them all). Without the broker's own connect
+// and disconnect events, a device is online while its retained status is
+// "online": the change to online counts as a connect (what is queued for
+// it is sent), the change away from it as a disconnect.
+func (p *presence) externalStatus(device string, payload []byte) {
+	was := p.statusOnline(device)
+	p.statusPublished(topic.Status(device), payload)
+	now := p.statusOnline(device)
+	switch {
+	case now && !was:
+		p.Connected(device, time.Now())
+	case was && !now:
+		p.Disconnected(device, time.Now())
+	}
+}
+
+// statusOnline reports whether id's last status is "online".
+func (p *presence) statusOnline(id string) bool { return p.Status(id) == "online" }
+
+// onlineCount counts the devices whose last status is "online".
+func (p *presence) onlineCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, s := range p.status {
+		if s == "online" {
+			n++
+		}
+	}
+	return n
+}
