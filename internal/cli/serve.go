@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,6 +27,18 @@ func serveCmd(stdout, stderr io.Writer) *cobra.Command {
 			h, err := hub.New(cfg, log)
 			if err != nil {
 				return err
+			}
+			if path := os.Getenv("FIELDHUB_CPU_PROFILE"); path != "" {
+				// A CPU profile of the whole run, written at shutdown
+				// (go tool pprof), for performance work.
+				f, err := os.Create(path)
+				if err != nil {
+					return fmt.Errorf("FIELDHUB_CPU_PROFILE: %w", err)
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("FIELDHUB_CPU_PROFILE: %w", err)
+				}
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
 			}
 			ctx := cmd.Context()
 			if err := h.Start(ctx); err != nil {

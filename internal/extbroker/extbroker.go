@@ -25,7 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/eclipse/paho.golang/paho"
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldhub/fieldhub/internal/broker"
@@ -86,7 +86,7 @@ type Client struct {
 	log  *slog.Logger
 	m    metrics
 
-	cur    atomic.Pointer[paho.Client]
+	cur    atomic.Pointer[session]
 	cancel context.CancelFunc
 	done   chan struct{}
 	up     chan struct{} // closed at the first connection
@@ -192,7 +192,7 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	if cl := c.cur.Load(); cl != nil {
 		// A normal disconnect: the session, with what is in flight to
 		// this instance, stays with the broker for SessionExpiry.
-		cl.Disconnect(&paho.Disconnect{ReasonCode: 0})
+		cl.Disconnect(0)
 	}
 	c.cancel()
 	select {
@@ -227,23 +227,23 @@ func (c *Client) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 		case <-cl.Done():
-			c.log.Warn("connection to the external broker lost", "url", c.u.Redacted())
+			c.log.Warn("connection to the external broker lost", "url", c.u.Redacted(), "err", cl.Err())
 		}
 		c.cur.Store(nil)
 		c.m.connected.Set(0)
 		if ctx.Err() != nil {
-			// Shutdown disconnected already; make sure the client ends.
-			cl.Disconnect(&paho.Disconnect{})
+			// Shutdown disconnected already; make sure the connection ends.
+			cl.Disconnect(0)
 		}
 	}
 }
 
 // subscriptions are what every instance consumes: device traffic shared
 // in the group, statuses by every instance.
-func (c *Client) subscriptions() []paho.SubscribeOptions {
+func (c *Client) subscriptions() []packets.SubOptions {
 	share := "$share/" + c.cfg.ShareGroup + "/"
 	p := topic.Prefix + "/+/"
-	return []paho.SubscribeOptions{
+	return []packets.SubOptions{
 		{Topic: share + p + "telemetry", QoS: 1},
 		{Topic: share + p + "batch", QoS: 1},
 		{Topic: share + p + "alerts", QoS: 1},
@@ -253,7 +253,7 @@ func (c *Client) subscriptions() []paho.SubscribeOptions {
 	}
 }
 
-func (c *Client) connect(ctx context.Context) (*paho.Client, error) {
+func (c *Client) connect(ctx context.Context) (*session, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var conn net.Conn
@@ -275,29 +275,16 @@ func (c *Client) connect(ctx context.Context) (*paho.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cl *paho.Client
-	cl = paho.NewClient(paho.ClientConfig{
-		Conn:                       conn,
-		EnableManualAcknowledgment: true,
-		SendAcksInterval:           2 * time.Millisecond,
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			c.handle(cl, pr.Packet)
-			return true, nil
-		}},
-		OnClientError: func(err error) {
-			c.log.Warn("external broker connection error", "err", err)
-		},
-		OnServerDisconnect: func(d *paho.Disconnect) {
-			c.log.Warn("external broker disconnected us", "reason_code", d.ReasonCode)
-		},
-	})
 	expiry := uint32(c.cfg.SessionExpiry / time.Second)
 	recvMax := c.cfg.ReceiveMaximum
-	cp := &paho.Connect{
-		ClientID:   c.cfg.ClientID,
-		KeepAlive:  30,
-		CleanStart: false,
-		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry, ReceiveMaximum: &recvMax, RequestProblemInfo: true},
+	problemInfo := byte(1)
+	cp := &packets.Connect{
+		ProtocolName:    "MQTT",
+		ProtocolVersion: 5,
+		ClientID:        c.cfg.ClientID,
+		KeepAlive:       30,
+		CleanStart:      false,
+		Properties:      &packets.Properties{SessionExpiryInterval: &expiry, ReceiveMaximum: &recvMax, RequestProblemInfo: &problemInfo},
 	}
 	if c.cfg.Username != "" {
 		cp.Username, cp.UsernameFlag = c.cfg.Username, true
@@ -305,22 +292,19 @@ func (c *Client) connect(ctx context.Context) (*paho.Client, error) {
 	if len(c.cfg.Password) > 0 {
 		cp.Password, cp.PasswordFlag = c.cfg.Password, true
 	}
-	ca, err := cl.Connect(dctx, cp)
+	cl, ca, err := dial(dctx, conn, cp, c.handle)
 	if err != nil {
 		conn.Close()
-		if ca != nil {
-			return nil, fmt.Errorf("connect refused: reason code %d: %s: %w", ca.ReasonCode, ca.Properties.ReasonString, err)
-		}
 		return nil, err
 	}
-	sa, err := cl.Subscribe(dctx, &paho.Subscribe{Subscriptions: c.subscriptions()})
+	codes, err := cl.Subscribe(dctx, c.subscriptions())
 	if err != nil {
-		cl.Disconnect(&paho.Disconnect{})
+		cl.Disconnect(0)
 		return nil, fmt.Errorf("subscribing: %w", err)
 	}
-	for i, rc := range sa.Reasons {
-		if rc >= 0x80 {
-			cl.Disconnect(&paho.Disconnect{})
+	for i, rc := range codes {
+		if rc >= 0x80 && i < len(c.subscriptions()) {
+			cl.Disconnect(0)
 			return nil, fmt.Errorf("subscribing to %s refused: reason code 0x%02x", c.subscriptions()[i].Topic, rc)
 		}
 	}
@@ -332,15 +316,10 @@ func (c *Client) connect(ctx context.Context) (*paho.Client, error) {
 // handle routes one message to the ingester and acknowledges it once it
 // is stored or refused. It runs on paho's router goroutine and does not
 // block.
-func (c *Client) handle(cl *paho.Client, p *paho.Publish) {
+func (c *Client) handle(cl *session, p *packets.Publish, ack func()) {
 	t, err := topic.Parse(p.Topic)
 	kind := t.Kind.String()
 	c.m.received.WithLabelValues(kind).Inc()
-	ack := func() {
-		if err := cl.Ack(p); err != nil && !errors.Is(err, paho.ErrPacketNotFound) {
-			c.log.Debug("acknowledging failed", "topic", p.Topic, "err", err)
-		}
-	}
 	if err != nil {
 		c.log.Warn("message on an unexpected topic dropped", "topic", p.Topic, "err", err)
 		c.m.refused.WithLabelValues(kind).Inc()
@@ -361,7 +340,7 @@ func (c *Client) handle(cl *paho.Client, p *paho.Publish) {
 			// reconnect, so drop the connection (the session stays).
 			c.m.failed.WithLabelValues(kind).Inc()
 			c.log.Error("storing a message failed; reconnecting for redelivery", "topic", p.Topic, "err", err)
-			go cl.Disconnect(&paho.Disconnect{ReasonCode: 0x80})
+			go cl.Disconnect(0x80)
 		}
 	}
 	var correlation []byte
@@ -414,35 +393,39 @@ func isRefusal(err error) bool {
 // Message is a message the hub publishes (commands, desired twin state).
 type Message = broker.Message
 
-// PublishMessage publishes m (QoS 0 or 1; waits for the broker's PUBACK
-// at QoS 1).
+// PublishMessage publishes m at QoS 0, or at QoS 1 waiting for the
+// broker's PUBACK.
 func (c *Client) PublishMessage(m Message) error {
 	cl := c.cur.Load()
 	if cl == nil {
 		return ErrNotConnected
 	}
-	p := &paho.Publish{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Retain: m.Retain, Properties: &paho.PublishProperties{}}
-	if m.ResponseTopic != "" {
-		p.Properties.ResponseTopic = m.ResponseTopic
-	}
-	if m.CorrelationData != nil {
-		p.Properties.CorrelationData = m.CorrelationData
-	}
+	p := &packets.Publish{Topic: m.Topic, Payload: m.Payload, Retain: m.Retain, Properties: &packets.Properties{}}
+	p.Properties.ResponseTopic = m.ResponseTopic
+	p.Properties.CorrelationData = m.CorrelationData
 	if m.ContentType != "" {
 		p.Properties.ContentType = m.ContentType
+		utf8 := byte(1)
+		p.Properties.PayloadFormat = &utf8
 	}
 	if m.Expiry > 0 {
-		e := uint32(max(1, (m.Expiry+time.Second-1)/time.Second))
+		e := uint32(max(1, m.Expiry/time.Second))
 		p.Properties.MessageExpiry = &e
+	}
+	if m.QoS == 0 {
+		if err := cl.write(p); err != nil {
+			return fmt.Errorf("extbroker: publishing on %s: %w", m.Topic, err)
+		}
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r, err := cl.Publish(ctx, p)
+	rc, err := cl.Publish(ctx, p)
 	if err != nil {
 		return fmt.Errorf("extbroker: publishing on %s: %w", m.Topic, err)
 	}
-	if r != nil && r.ReasonCode >= 0x80 {
-		return fmt.Errorf("extbroker: publishing on %s refused: reason code 0x%02x", m.Topic, r.ReasonCode)
+	if rc >= 0x80 {
+		return fmt.Errorf("extbroker: publishing on %s refused: reason code 0x%02x", m.Topic, rc)
 	}
 	return nil
 }
