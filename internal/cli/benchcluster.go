@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/fieldhub/fieldhub/internal/bench"
@@ -64,6 +65,9 @@ type clusterRun struct {
 	publishRate        float64
 	hubRSS             int64
 	drainedAfterWindow time.Duration
+	// PostgreSQL's disk per stored point: telemetry tables with their
+	// indexes (and the dedup keys), over the points they hold.
+	bytesPerPoint, seqBytesPerMsg float64
 }
 
 func runBenchCluster(ctx context.Context, f clusterBenchFlags, stdout, stderr io.Writer) error {
@@ -102,7 +106,7 @@ func runBenchCluster(ctx context.Context, f clusterBenchFlags, stdout, stderr io
 	fmt.Fprintf(stdout, "cluster ingest: %d devices, QoS 1 JSON with 3 metrics, publish rate %.0f/s for %s, through Mosquitto into PostgreSQL\n",
 		f.devices, f.rate, f.duration)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "hubs\tpublished\tstored\tstored msgs/s\thub µs/msg\tmosquitto µs/msg\tpostgres µs/msg\tgenerator µs/msg\thub RSS MiB\t")
+	fmt.Fprintln(tw, "hubs\tpublished\tstored\tstored msgs/s\thub µs/msg\tmosquitto µs/msg\tpostgres µs/msg\tgenerator µs/msg\thub RSS MiB\tPG B/point\tPG dedup B/msg\t")
 	for _, r := range runs {
 		per := func(d time.Duration) string {
 			if r.stored == 0 {
@@ -110,8 +114,9 @@ func runBenchCluster(ctx context.Context, f clusterBenchFlags, stdout, stderr io
 			}
 			return fmt.Sprintf("%.1f", float64(d.Microseconds())/float64(r.stored))
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.1f\t\n", r.hubs, r.published, r.stored,
-			float64(r.stored)/r.wall.Seconds(), per(r.hubCPU), per(r.mqCPU), per(r.pgCPU), per(r.genCPU), float64(r.hubRSS)/float64(r.hubs)/(1<<20))
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.0f\t\n", r.hubs, r.published, r.stored,
+			float64(r.stored)/r.wall.Seconds(), per(r.hubCPU), per(r.mqCPU), per(r.pgCPU), per(r.genCPU), float64(r.hubRSS)/float64(r.hubs)/(1<<20),
+			r.bytesPerPoint, r.seqBytesPerMsg)
 	}
 	return tw.Flush()
 }
@@ -232,6 +237,7 @@ func clusterOnce(ctx context.Context, f clusterBenchFlags, n int, db string, pg 
 		rss, _ := bench.ProcRSS(h.PID)
 		res.hubRSS += rss
 	}
+	res.bytesPerPoint, res.seqBytesPerMsg = pgFootprint(ctx, url)
 	if res.stored < res.published {
 		log.Warn("the hubs stored fewer messages than Mosquitto acknowledged", "stored", res.stored, "published", res.published)
 	}
@@ -274,6 +280,30 @@ func scrapeMetric(addr, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// pgFootprint measures the telemetry tables' size on disk (heap, indexes,
+// TOAST) per stored point, and the dedup table's per stored message.
+func pgFootprint(ctx context.Context, url string) (perPoint, perSeq float64) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return 0, 0
+	}
+	defer conn.Close(ctx)
+	conn.Exec(ctx, "CHECKPOINT")
+	var pointBytes, seqBytes, points, seqs float64
+	conn.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::float8 FROM pg_class c
+		WHERE c.relkind = 'r' AND c.relname LIKE 'telemetry\_points\_%'`).Scan(&pointBytes)
+	conn.QueryRow(ctx, `SELECT pg_total_relation_size('telemetry_seqs')::float8`).Scan(&seqBytes)
+	conn.QueryRow(ctx, `SELECT count(*)::float8 FROM telemetry_points`).Scan(&points)
+	conn.QueryRow(ctx, `SELECT count(*)::float8 FROM telemetry_seqs`).Scan(&seqs)
+	if points > 0 {
+		perPoint = pointBytes / points
+	}
+	if seqs > 0 {
+		perSeq = seqBytes / seqs
+	}
+	return perPoint, perSeq
 }
 
 // postgresCPU sums the CPU time of the postmaster and its children.
