@@ -78,7 +78,7 @@ type HandlerConfig struct {
 //	POST AuthPath {"clientid", "username", "password"[, "cert_common_name"]}
 //	POST ACLPath  {"clientid", "username", "topic", "action": "publish"|"subscribe"}
 //
-// both answered 200 {"result": "allow"|"deny"|"ignore", "is_superuser": bool}.
+// both answered 200 {"result": "allow"|"deny", "is_superuser": bool}.
 // A device logs in with username = client id = its id; its requests are
 // decided by the embedded broker's ACL (internal/acl) with the gateway
 // rules. A request without the shared secret is answered 401 (missing) or
