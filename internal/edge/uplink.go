@@ -141,7 +141,12 @@ func (u *uplink) connect(ctx context.Context) (*paho.Client, error) {
 			return true, nil
 		},
 	}})
-	cp := &paho.Connect{ClientID: u.cfg.ID, KeepAlive: 30, CleanStart: true}
+	// Presence: a retained "online" once connected, and the will's
+	// retained "offline" when the connection is lost (DESIGN §3); a hub
+	// behind an external broker knows the gateway — and so the sensors
+	// behind it — are reachable from these alone.
+	cp := &paho.Connect{ClientID: u.cfg.ID, KeepAlive: 30, CleanStart: true,
+		WillMessage: &paho.WillMessage{Topic: topic.Status(u.cfg.ID), Payload: []byte("offline"), QoS: 1, Retain: true}}
 	if len(u.password) > 0 {
 		cp.Username, cp.UsernameFlag = u.cfg.ID, true
 		cp.Password, cp.PasswordFlag = u.password, true
@@ -168,6 +173,10 @@ func (u *uplink) connect(ctx context.Context) (*paho.Client, error) {
 			return nil, fmt.Errorf("subscribing to the sensors' commands: %w", err)
 		}
 		subs = subs[n:]
+	}
+	if _, err := c.Publish(dctx, &paho.Publish{Topic: topic.Status(u.cfg.ID), Payload: []byte("online"), QoS: 1, Retain: true}); err != nil {
+		c.Disconnect(&paho.Disconnect{})
+		return nil, fmt.Errorf("publishing the gateway's status: %w", err)
 	}
 	return c, nil
 }

@@ -573,6 +573,63 @@ func TestClusterDevices(t *testing.T) {
 		t.Errorf("dev-b has telemetry %s that dev-a tried to publish", tel.Series)
 	}
 
+	// A gateway answers a command for the device behind it: the child
+	// has no status of its own, the gateway's "online" stands for it, and
+	// Mosquitto's ACL (written by the hubs) lets the gateway read the
+	// child's commands and answer for it.
+	var gwCreated struct {
+		Credentials struct {
+			Password string `json:"password"`
+		} `json:"credentials"`
+	}
+	if code := c.hubs[0].api(t, "POST", "/api/v1/devices", map[string]any{"id": "gw-1", "auth": "password"}, &gwCreated); code != 201 {
+		t.Fatalf("creating gw-1: %d", code)
+	}
+	if code := c.hubs[0].api(t, "POST", "/api/v1/devices", map[string]any{"id": "child-1", "auth": "password", "gateway": "gw-1"}, nil); code != 201 {
+		t.Fatalf("creating child-1: %d", code)
+	}
+	pwGW := gwCreated.Credentials.Password
+	c.waitCanConnect(t, "gw-1", pwGW)
+	var gw *paho.Client
+	gw = dialDevice(t, c.mq.addr, "gw-1", pwGW, func(p *paho.Publish) {
+		if tp, err := topic.Parse(p.Topic); err == nil && tp.Kind == topic.KindCommand && tp.Device == "child-1" {
+			var cmd struct {
+				ID string `json:"id"`
+			}
+			json.Unmarshal(p.Payload, &cmd)
+			go gw.Publish(context.Background(), &paho.Publish{Topic: topic.Response("child-1", cmd.ID), QoS: 1,
+				Payload: []byte(`{"status":"ok","result":{"via":"gw-1"}}`)})
+		}
+	})
+	// The hubs rewrite the ACL with the gateway's block after the child
+	// is created; until Mosquitto has reloaded, the subscription delivers
+	// nothing, so subscribe once the child's command topic is readable.
+	fhtest.Eventually(t, 20*time.Second, "Mosquitto's ACL granting gw-1 its child's commands", func() bool {
+		b, err := os.ReadFile(c.mq.file("acl"))
+		return err == nil && strings.Contains(string(b), "devices/child-1/commands")
+	})
+	time.Sleep(500 * time.Millisecond) // the SIGHUP follows the write
+	if _, err := gw.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/child-1/commands/+", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gw.Publish(ctx, &paho.Publish{Topic: topic.Status("gw-1"), QoS: 1, Retain: true, Payload: []byte("online")}); err != nil {
+		t.Fatal(err)
+	}
+	fhtest.Eventually(t, 10*time.Second, "hub-1 seeing gw-1 online", func() bool {
+		var d struct {
+			Online bool `json:"online"`
+		}
+		c.hubs[1].api(t, "GET", "/api/v1/devices/gw-1", nil, &d)
+		return d.Online
+	})
+	cmd.State, cmd.Result = "", nil
+	if code := c.hubs[1].api(t, "POST", "/api/v1/devices/child-1/commands?wait=15s", map[string]any{"name": "blink"}, &cmd); code != 201 {
+		t.Fatalf("command to child-1: status %d", code)
+	}
+	if cmd.State != "succeeded" || !strings.Contains(string(cmd.Result), "gw-1") {
+		t.Errorf("command to child-1 through its gateway ended %q with %s; want succeeded", cmd.State, cmd.Result)
+	}
+
 	// Deleting dev-a through hub-2 cuts it off: Mosquitto reloads its
 	// files and closes the session, and refuses it afterwards.
 	if code := c.hubs[2].api(t, "DELETE", "/api/v1/devices/dev-a", nil, nil); code != 204 {

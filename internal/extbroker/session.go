@@ -127,6 +127,7 @@ func (s *session) close(err error) {
 // Disconnect sends DISCONNECT with reason code rc (0: normal; the session
 // stays with the broker for its expiry) and closes the connection.
 func (s *session) Disconnect(rc byte) {
+	s.nc.SetWriteDeadline(time.Now().Add(2 * time.Second)) // a stuck broker does not hold us
 	s.write(&packets.Disconnect{ReasonCode: rc, Properties: &packets.Properties{}})
 	s.close(errSessionClosed)
 }

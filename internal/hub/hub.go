@@ -509,9 +509,19 @@ func (l brokerLink) PublishCommand(name string, payload []byte, responseTopic st
 func (l brokerLink) HasSubscriber(name string) bool {
 	if l.h.ext != nil {
 		// An external broker does not say who subscribes: a device
-		// whose retained status is "online" is taken to listen.
+		// whose retained status is "online" is taken to listen, and so
+		// is a device behind a gateway that is online.
 		t, err := topic.Parse(name)
-		return err == nil && l.h.presence.Online(t.Device)
+		if err != nil {
+			return false
+		}
+		if l.h.presence.Online(t.Device) {
+			return true
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		d, err := l.h.devices.Get(ctx, t.Device)
+		return err == nil && d.Gateway != "" && l.h.presence.Online(d.Gateway)
 	}
 	return l.h.broker != nil && l.h.broker.HasSubscriber(name)
 }
