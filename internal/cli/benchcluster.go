@@ -187,6 +187,13 @@ func clusterOnce(ctx context.Context, f clusterBenchFlags, n int, db string, pg 
 			return res, err
 		}
 	}
+	// The hubs store messages only for registered devices; Mosquitto has
+	// its own password file here, so the registry's passwords go unused.
+	for _, d := range devices {
+		if err := registerDevice(ctx, https[0], token, d.ID); err != nil {
+			return res, err
+		}
+	}
 	stored := func() int64 {
 		var sum int64
 		for _, a := range https {
@@ -242,6 +249,25 @@ func clusterOnce(ctx context.Context, f clusterBenchFlags, n int, db string, pg 
 		log.Warn("the hubs stored fewer messages than Mosquitto acknowledged", "stored", res.stored, "published", res.published)
 	}
 	return res, nil
+}
+
+func registerDevice(ctx context.Context, addr, token, id string) error {
+	body := strings.NewReader(fmt.Sprintf(`{"id":%q,"auth":"password"}`, id))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/api/v1/devices", body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("registering %s: %w", id, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("registering %s: HTTP %d", id, resp.StatusCode)
+	}
+	return nil
 }
 
 func waitReady(ctx context.Context, addr string, d time.Duration) error {

@@ -311,6 +311,24 @@ func tryDial(addr, id, password string, onPublish func(*paho.Publish)) (*paho.Cl
 	return cl, nil
 }
 
+// dialHubUser connects with the hubs' credentials under client id id.
+func dialHubUser(t *testing.T, addr, id string) *paho.Client {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := paho.NewClient(paho.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cl.Connect(ctx, &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30,
+		Username: hubUser, UsernameFlag: true, Password: []byte(hubPassword), PasswordFlag: true}); err != nil {
+		t.Fatalf("hub user connect: %v", err)
+	}
+	t.Cleanup(func() { cl.Disconnect(&paho.Disconnect{}) })
+	return cl
+}
+
 func dialDevice(t *testing.T, addr, id, password string, onPublish func(*paho.Publish)) *paho.Client {
 	t.Helper()
 	cl, err := tryDial(addr, id, password, onPublish)
@@ -629,6 +647,21 @@ func TestClusterDevices(t *testing.T) {
 	if cmd.State != "succeeded" || !strings.Contains(string(cmd.Result), "gw-1") {
 		t.Errorf("command to child-1 through its gateway ended %q with %s; want succeeded", cmd.State, cmd.Result)
 	}
+
+	// A message for an id the registry does not have (here published
+	// with the hubs' own credentials, which the broker lets write
+	// anywhere under devices/) is dropped and counted, not stored.
+	hubConn := dialHubUser(t, c.mq.addr, "stray-hub-client")
+	if _, err := hubConn.Publish(ctx, &paho.Publish{Topic: topic.Telemetry("ghost"), QoS: 1, Payload: []byte(`{"seq":1,"data":{"x":1}}`)}); err != nil {
+		t.Fatal(err)
+	}
+	fhtest.Eventually(t, 10*time.Second, "the ghost's message counted as from an unknown device", func() bool {
+		var n float64
+		for _, h := range c.hubs {
+			n += h.metric("fieldhub_extbroker_unknown_device_total")
+		}
+		return n == 1
+	})
 
 	// Deleting dev-a through hub-2 cuts it off: Mosquitto reloads its
 	// files and closes the session, and refuses it afterwards.

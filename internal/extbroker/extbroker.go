@@ -69,8 +69,13 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the reconnect delay (exponential,
 	// full jitter).
 	BackoffMin, BackoffMax time.Duration
-	Logger                 *slog.Logger
-	Registerer             prometheus.Registerer
+	// Known, when set, is asked before a device's message is handed on:
+	// a message under devices/{id}/… for an id it does not know is
+	// acknowledged, counted as refused and dropped — the broker's ACL
+	// should never have let it through.
+	Known      func(device string) bool
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // StatusFunc is told every message on devices/{id}/status (retained
@@ -92,6 +97,20 @@ type Client struct {
 	up     chan struct{} // closed at the first connection
 	upOnce sync.Once
 	closed atomic.Bool
+
+	unknownLog logLimiter
+}
+
+// logLimiter allows one log line per interval.
+type logLimiter struct {
+	last atomic.Int64
+}
+
+// Allow reports whether a line may be logged now (at most one every 10 s).
+func (l *logLimiter) Allow() bool {
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	return now-last >= int64(10*time.Second) && l.last.CompareAndSwap(last, now)
 }
 
 type metrics struct {
@@ -101,6 +120,7 @@ type metrics struct {
 	failed    *prometheus.CounterVec // not acknowledged (storage failure)
 	connects  prometheus.Counter
 	connected prometheus.Gauge
+	unknown   prometheus.Counter // refused: the device is not in the registry
 }
 
 // New validates cfg and returns a Client. ing takes what devices publish
@@ -155,9 +175,12 @@ func New(cfg Config, ing broker.Ingester, status StatusFunc) (*Client, error) {
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "fieldhub_extbroker_connected", Help: "1 while connected to the external broker.",
 		}),
+		unknown: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fieldhub_extbroker_unknown_device_total", Help: "Messages dropped because their topic names a device the registry does not have.",
+		}),
 	}
 	if cfg.Registerer != nil {
-		for _, col := range []prometheus.Collector{c.m.received, c.m.stored, c.m.refused, c.m.failed, c.m.connects, c.m.connected} {
+		for _, col := range []prometheus.Collector{c.m.received, c.m.stored, c.m.refused, c.m.failed, c.m.connects, c.m.connected, c.m.unknown} {
 			if err := cfg.Registerer.Register(col); err != nil {
 				return nil, fmt.Errorf("extbroker: registering metrics: %w", err)
 			}
@@ -342,6 +365,15 @@ func (c *Client) handle(cl *session, p *packets.Publish, ack func()) {
 			c.log.Error("storing a message failed; reconnecting for redelivery", "topic", p.Topic, "err", err)
 			go cl.Disconnect(0x80)
 		}
+	}
+	if t.Kind != topic.KindStatus && c.cfg.Known != nil && !c.cfg.Known(t.Device) {
+		c.m.refused.WithLabelValues(kind).Inc()
+		c.m.unknown.Inc()
+		if c.unknownLog.Allow() {
+			c.log.Warn("message from a device the registry does not know dropped; check the broker's ACL", "topic", p.Topic)
+		}
+		ack()
+		return
 	}
 	var correlation []byte
 	if p.Properties != nil {

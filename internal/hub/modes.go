@@ -128,6 +128,11 @@ func (h *Hub) newExternalBroker() error {
 		Password:   []byte(cfg.ExternalBrokerPassword),
 		TLS:        tlsCfg,
 		ShareGroup: cfg.ShareGroup,
+		Known: func(device string) bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return h.devices.Known(ctx, device)
+		},
 		Logger:     h.log.With("component", "extbroker"),
 		Registerer: h.reg,
 	}, h.ingester(), h.presence.externalStatus)

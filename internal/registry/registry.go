@@ -90,7 +90,8 @@ type Service struct {
 	cacheMu sync.Mutex
 	cache   map[string]cacheEntry
 
-	gw gwCache // gateway relations (gateway.go)
+	gw    gwCache    // gateway relations (gateway.go)
+	known knownCache // registered ids (known.go)
 
 	// revocations counts Delete and Rotate calls; Authenticate re-reads
 	// a device when it changed during the authentication.
@@ -216,6 +217,7 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Device, 
 		return store.Device{}, Credentials{}, fmt.Errorf("registry: creating %q: %w", d.ID, err)
 	}
 	s.gw.invalidate()
+	s.forgetKnown(d.ID)
 	s.log.Info("device created", "device", d.ID, "auth", d.Auth, "gateway", d.Gateway)
 	s.hooksMu.RLock()
 	created := s.createHooks
@@ -337,6 +339,7 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 	}
 	detached, err := s.detach(ctx, id)
 	s.gw.invalidate()
+	s.forgetKnown(id)
 	s.writeMu.Unlock()
 	s.revoked(id) // the device is gone whatever detach did
 	if err != nil {
