@@ -6,6 +6,42 @@ import (
 	"time"
 )
 
+// TestLoadScaleOut reads the settings of a hub instance behind an
+// external broker on PostgreSQL with the InfluxDB export.
+func TestLoadScaleOut(t *testing.T) {
+	c := Default()
+	err := c.LoadYAML("hub.yml", []byte(`
+storage: postgres
+postgres_url: postgres://fieldhub@db/fieldhub
+broker: external
+external_broker_url: mqtts://broker:8883
+external_broker_client_id: hub-1
+mosquitto_password_file: /srv/m/passwd
+mosquitto_acl_file: /srv/m/acl
+export:
+  influxdb:
+    url: http://influx:8086
+    database: fieldhub
+    username: writer
+    flush_interval: 2s
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ApplyEnv(func(k string) string {
+		return map[string]string{"FIELDHUB_EXTERNAL_BROKER_PASSWORD": "pw", "FIELDHUB_INFLUXDB_PASSWORD": "ipw"}[k]
+	})
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.ExternalBrokerPassword != "pw" || c.Export.InfluxDB.Password != "ipw" || c.Export.InfluxDB.FlushInterval != 2*time.Second {
+		t.Errorf("loaded %+v", c)
+	}
+	if c.ShareGroup != "fieldhub" || c.MosquittoSyncInterval != Duration(10*time.Second) {
+		t.Errorf("defaults lost: share_group %q, mosquitto_sync_interval %s", c.ShareGroup, c.MosquittoSyncInterval)
+	}
+}
+
 func TestLoadGood(t *testing.T) {
 	c := Default()
 	err := c.LoadYAML("good.yml", []byte(`
@@ -47,6 +83,16 @@ func TestLoadBad(t *testing.T) {
 		{"hostname", "hostnames: ['a b']\n", "hostnames[0]"},
 		{"not a map", "- 1\n- 2\n", "cannot unmarshal"},
 		{"no http", "http_addr: off\n", "http_addr"},
+		{"storage", "storage: mysql\n", "storage"},
+		{"postgres without url", "storage: postgres\n", "postgres_url"},
+		{"broker", "broker: remote\n", "broker"},
+		{"external without url", "broker: external\n", "external_broker_url"},
+		{"external url scheme", "broker: external\nexternal_broker_url: http://b:1883\n", "external_broker_url"},
+		{"external url port", "broker: external\nexternal_broker_url: mqtt://b\n", "external_broker_url"},
+		{"share group", "broker: external\nexternal_broker_url: mqtt://b:1883\nshare_group: a/b\n", "share_group"},
+		{"mosquitto files", "mosquitto_password_file: /tmp/p\n", "mosquitto_password_file"},
+		{"influx unknown field", "export:\n  influxdb:\n    urll: http://i:8086\n", "urll"},
+		{"influx url", "export:\n  influxdb:\n    url: ftp://i\n    database: d\n", "export.influxdb"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()

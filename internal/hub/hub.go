@@ -218,7 +218,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		Stored:     h.stored,
 	})
 	// Commands and twins publish through the broker, which is built next
-	// (brokerLink reads h.broker when called).
+	// (brokerLink reads h.pub when called).
 	var pollWaiters time.Duration
 	if cfg.Storage == "postgres" {
 		// Another instance may store the answer a waiter waits for.
