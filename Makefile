@@ -50,6 +50,8 @@ FUZZTIME ?= 60s
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeTelemetry -fuzztime $(FUZZTIME) ./payload
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./topic
+	$(GO) test -run '^$$' -fuzz FuzzAppendPoint -fuzztime $(FUZZTIME) ./internal/influx
+	$(GO) test -run '^$$' -fuzz FuzzHandler -fuzztime $(FUZZTIME) ./internal/brokerauth
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./payload ./internal/tsdb

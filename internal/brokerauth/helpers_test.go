@@ -32,7 +32,7 @@ type env struct {
 
 // newEnv opens a real registry (embedded store, CA, service); opts may
 // set the OnPassword hook.
-func newEnv(t *testing.T, opts registry.Options) *env {
+func newEnv(t testing.TB, opts registry.Options) *env {
 	t.Helper()
 	db, err := sqlite.Open(filepath.Join(t.TempDir(), "hub.db"))
 	if err != nil {
@@ -51,7 +51,7 @@ func newEnv(t *testing.T, opts registry.Options) *env {
 
 // create registers a device and returns its password ("" for certificate
 // devices).
-func (e *env) create(t *testing.T, id, gateway string, auth store.AuthKind) string {
+func (e *env) create(t testing.TB, id, gateway string, auth store.AuthKind) string {
 	t.Helper()
 	_, c, err := e.svc.Create(context.Background(), registry.CreateRequest{ID: id, Gateway: gateway, Auth: auth})
 	if err != nil {
