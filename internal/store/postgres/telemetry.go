@@ -28,9 +28,14 @@ import (
 //
 //  1. shared advisory locks on the batch's devices, hashed into 128 keys
 //     (DeleteDevice takes its device's exclusively, so a deletion never
-//     interleaves with a batch); the series kinds of those devices;
-//  2. every (device, seq) of the batch is inserted into telemetry_seqs in
-//     sorted order: the keys that were not there are new, the others are
+//     interleaves with a batch); the series (id and kind) of those
+//     devices and the ids of those with seqs (telemetry_devices). They
+//     are read in every batch, not cached: another hub's DeleteDevice
+//     removes them, and a series made again gets a new id. Missing device
+//     ids are created (if another hub created one meanwhile, the batch is
+//     retried);
+//  2. every (device id, seq) of the batch is inserted into telemetry_seqs
+//     in sorted order: the keys that were not there are new, the others are
 //     duplicates — also when another hub inserts the same key at the same
 //     time, since the insert waits for that hub's transaction and sees its
 //     outcome. A plain COPY under a savepoint is tried first; when it hits
@@ -38,13 +43,15 @@ import (
 //     RETURNING tells the new keys (see claimSeqs);
 //  3. in queue order, each message is decided: duplicate, refused (a
 //     point's kind differs from its series' kind) or accepted. The keys of
-//     refused messages are deleted again, new series are inserted (if
-//     another hub created one meanwhile, the batch is retried);
-//  4. the accepted points (last write wins within the batch), sorted, are
+//     refused messages are deleted again, new series are inserted and
+//     their ids returned (if another hub created one meanwhile, the batch
+//     is retried);
+//  4. the accepted points (last write wins within the batch), sorted by
+//     (series id, ts), are
 //     COPYed straight into telemetry_points under a savepoint; when one
 //     hits a stored point, that is rolled back and they are COPYed into a
 //     temporary staging table and moved with one INSERT … SELECT … ON
-//     CONFLICT (device, metric, ts) DO UPDATE (see writePoints).
+//     CONFLICT (series, ts) DO UPDATE (see writePoints).
 //
 // After the commit every caller is completed, in queue order. Deadlocks
 // and serialization failures retry the whole batch; connection failures

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -62,46 +63,39 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 		from = max(from, t.o.Now().Add(-t.o.Retention).UnixNano())
 	}
 
-	kinds, err := t.kinds(ctx, q.Device, q.Metric)
+	series, err := t.series(ctx, q.Device, q.Metric)
 	if err != nil {
 		return res, err
 	}
-	if len(kinds) == 0 {
-		return res, nil
-	}
-	skip := []string{}
-	if agg {
-		for metric, k := range kinds {
-			if k == payload.Number || q.Agg == store.AggCount || q.Agg == store.AggLast {
-				continue
-			}
+	// The series to read, in metric order, from the cursor's on.
+	var metrics []string
+	for metric, si := range series {
+		if agg && si.kind != payload.Number && q.Agg != store.AggCount && q.Agg != store.AggLast {
 			if q.Metric != "" {
-				return res, fmt.Errorf("postgres: query: aggregate %s of %s metric %q: %w", q.Agg, k, metric, store.ErrTypeMismatch)
+				return res, fmt.Errorf("postgres: query: aggregate %s of %s metric %q: %w", q.Agg, si.kind, metric, store.ErrTypeMismatch)
 			}
-			skip = append(skip, metric)
+			continue // skipped
+		}
+		if metric >= cur.metric {
+			metrics = append(metrics, metric)
 		}
 	}
-	metricCond, metricArg := "metric <> ALL($2::text[])", any(skip)
-	if q.Metric != "" {
-		metricCond, metricArg = "metric = $2", q.Metric
+	if len(metrics) == 0 {
+		return res, nil
 	}
-	var limit *int64
-	if q.Limit > 0 {
-		n := int64(q.Limit) + 1 // one more tells whether more remain
-		limit = &n
-	}
-	where := `device = $1 AND ` + metricCond + ` AND ts >= $3 AND ts < $4 AND (metric, ts) >= ($5, $6)`
-	args := []any{q.Device, metricArg, from, q.To, cur.metric, cur.ts, limit}
+	slices.Sort(metrics)
 
+	// One query per series ($1), on its primary key: points (or buckets)
+	// with $2 <= ts < $3 in ts order, at most $4.
+	const where = `series = $1 AND ts >= $2 AND ts < $3`
 	var sql string
 	switch {
 	case !agg:
-		sql = `SELECT metric, ts, num, str FROM telemetry_points WHERE ` + where + ` ORDER BY metric, ts LIMIT $7`
+		sql = `SELECT ts, num, str FROM telemetry_points WHERE ` + where + ` ORDER BY ts LIMIT $4`
 	case q.Agg == store.AggLast:
-		sql = `SELECT DISTINCT ON (metric, b) metric, b, num, str FROM (
-			SELECT metric, ts, num, str, ` + bucketExpr(q) + ` AS b FROM telemetry_points WHERE ` + where + `
-		) s ORDER BY metric, b, ts DESC LIMIT $7`
-		args = append(args, q.Step)
+		sql = `SELECT DISTINCT ON (b) b, num, str FROM (
+			SELECT ts, num, str, ` + bucketExpr(q, "$5") + ` AS b FROM telemetry_points WHERE ` + where + `
+		) s ORDER BY b, ts DESC LIMIT $4`
 	default:
 		fn := map[store.Agg]string{
 			store.AggAvg:   "avg(num)",
@@ -110,15 +104,22 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 			store.AggSum:   "sum(num)",
 			store.AggCount: "count(*)::double precision",
 		}[q.Agg]
-		sql = `SELECT metric, b, ` + fn + `, NULL::bytea FROM (
-			SELECT metric, num, ` + bucketExpr(q) + ` AS b FROM telemetry_points WHERE ` + where + `
-		) s GROUP BY metric, b ORDER BY metric, b LIMIT $7`
-		args = append(args, q.Step)
+		sql = `SELECT b, ` + fn + `, NULL::bytea FROM (
+			SELECT num, ` + bucketExpr(q, "$5") + ` AS b FROM telemetry_points WHERE ` + where + `
+		) s GROUP BY b ORDER BY b LIMIT $4`
 	}
-	rows, err := t.db.pool.Query(ctx, sql, args...)
-	if err != nil {
-		return res, fmt.Errorf("postgres: query: %w", err)
+	args := func(metric string, limit *int64) []any {
+		lo := from
+		if metric == cur.metric {
+			lo = max(lo, cur.ts)
+		}
+		a := []any{series[metric].id, lo, q.To, limit}
+		if agg {
+			a = append(a, q.Step)
+		}
+		return a
 	}
+
 	var (
 		metric string
 		ts     int64
@@ -127,13 +128,14 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 		n      int
 		last   telCursor
 	)
-	_, err = pgx.ForEachRow(rows, []any{&metric, &ts, &num, &str}, func() error {
+	scan := []any{&ts, &num, &str}
+	row := func() error {
 		n++
 		if q.Limit > 0 && n > q.Limit {
 			res.Next = last.encode()
 			return nil
 		}
-		kind := kinds[metric]
+		kind := series[metric].kind
 		if agg && q.Agg != store.AggLast {
 			kind = payload.Number
 		}
@@ -153,34 +155,66 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 		s.Points = append(s.Points, payload.Point{Metric: metric, TS: ts, Value: v})
 		last = telCursor{metric: metric, ts: ts}
 		return nil
-	})
-	if err != nil {
-		return store.Result{}, fmt.Errorf("postgres: query: %w", err)
+	}
+
+	if q.Limit == 0 {
+		// Everything: all the series' queries in one round trip.
+		b := &pgx.Batch{}
+		for _, m := range metrics {
+			b.Queue(sql, args(m, nil)...).Query(func(rows pgx.Rows) error {
+				metric = m
+				_, err := pgx.ForEachRow(rows, scan, row)
+				return err
+			})
+		}
+		if err := t.db.pool.SendBatch(ctx, b).Close(); err != nil {
+			return store.Result{}, fmt.Errorf("postgres: query: %w", err)
+		}
+		return res, nil
+	}
+	// A page: series after series until one more than the limit (which
+	// tells that more remain) is read.
+	for _, m := range metrics {
+		left := int64(q.Limit + 1 - n)
+		if left <= 0 {
+			break
+		}
+		rows, err := t.db.pool.Query(ctx, sql, args(m, &left)...)
+		if err != nil {
+			return store.Result{}, fmt.Errorf("postgres: query: %w", err)
+		}
+		metric = m
+		if _, err := pgx.ForEachRow(rows, scan, row); err != nil {
+			return store.Result{}, fmt.Errorf("postgres: query: %w", err)
+		}
 	}
 	return res, nil
 }
 
-// bucketExpr is the SQL of a row's bucket start, From + k·Step ($8): in
-// bigint when ts - From cannot overflow in [From, To), else in numeric.
-func bucketExpr(q store.Query) string {
+// bucketExpr is the SQL of a row's bucket start, From + k·Step (step is
+// the parameter holding Step): in bigint when ts - From cannot overflow in
+// [From, To), else in numeric.
+func bucketExpr(q store.Query, step string) string {
 	if uint64(q.To-1)-uint64(q.From) <= math.MaxInt64 {
-		return fmt.Sprintf("('%d'::bigint + ((ts - '%d'::bigint) / $8::bigint) * $8::bigint)", q.From, q.From)
+		return fmt.Sprintf("('%d'::bigint + ((ts - '%d'::bigint) / %s::bigint) * %[3]s::bigint)", q.From, q.From, step)
 	}
-	return fmt.Sprintf("('%d'::numeric + trunc((ts::numeric - '%d'::numeric) / $8::bigint) * $8::bigint)::bigint", q.From, q.From)
+	return fmt.Sprintf("('%d'::numeric + trunc((ts::numeric - '%d'::numeric) / %s::bigint) * %[3]s::bigint)::bigint", q.From, q.From, step)
 }
 
-// kinds returns the kinds of the device's series (one when metric is set).
-func (t *Telemetry) kinds(ctx context.Context, device, metric string) (map[string]payload.ValueKind, error) {
-	rows, err := t.db.pool.Query(ctx, `SELECT metric, kind FROM telemetry_series
+// series returns the ids and kinds of the device's series by metric (one
+// when metric is set).
+func (t *Telemetry) series(ctx context.Context, device, metric string) (map[string]seriesInfo, error) {
+	rows, err := t.db.pool.Query(ctx, `SELECT metric, kind, id FROM telemetry_series
 		WHERE device = $1 AND ($2 = '' OR metric = $2)`, device, metric)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: query: %w", err)
 	}
-	out := map[string]payload.ValueKind{}
+	out := map[string]seriesInfo{}
 	var m string
 	var k int16
-	if _, err := pgx.ForEachRow(rows, []any{&m, &k}, func() error {
-		out[m] = payload.ValueKind(k)
+	var id int64
+	if _, err := pgx.ForEachRow(rows, []any{&m, &k, &id}, func() error {
+		out[m] = seriesInfo{id: id, kind: payload.ValueKind(k)}
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("postgres: query: %w", err)
@@ -197,7 +231,7 @@ func (t *Telemetry) Latest(ctx context.Context, device string) ([]payload.Point,
 	rows, err := t.db.pool.Query(ctx, `SELECT s.metric, s.kind, l.ts, l.num, l.str
 		FROM telemetry_series s CROSS JOIN LATERAL (
 			SELECT ts, num, str FROM telemetry_points p
-			WHERE p.device = s.device AND p.metric = s.metric ORDER BY ts DESC LIMIT 1
+			WHERE p.series = s.id ORDER BY ts DESC LIMIT 1
 		) l
 		WHERE s.device = $1 ORDER BY s.metric`, device)
 	if err != nil {
@@ -240,9 +274,12 @@ func (t *Telemetry) DeleteDevice(ctx context.Context, device string) error {
 	err := pgx.BeginFunc(ctx, t.db.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
 		b.Queue("SELECT pg_advisory_xact_lock($1, $2)", deviceLockClass, deviceBucket(device))
-		b.Queue("DELETE FROM telemetry_points WHERE device = $1", device)
+		b.Queue(`DELETE FROM telemetry_points
+			WHERE series = ANY(ARRAY(SELECT id FROM telemetry_series WHERE device = $1))`, device)
 		b.Queue("DELETE FROM telemetry_series WHERE device = $1", device)
-		b.Queue("DELETE FROM telemetry_seqs WHERE device = $1", device)
+		b.Queue(`DELETE FROM telemetry_seqs
+			WHERE device = (SELECT id FROM telemetry_devices WHERE device = $1)`, device)
+		b.Queue("DELETE FROM telemetry_devices WHERE device = $1", device)
 		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {

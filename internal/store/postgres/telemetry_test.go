@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -350,4 +351,77 @@ func BenchmarkAppend(b *testing.B) {
 	msgs := per * devices
 	b.ReportMetric(float64(msgs*3)/el.Seconds(), "points/s")
 	b.ReportMetric(float64(msgs)/el.Seconds(), "msgs/s")
+}
+
+// BenchmarkTelemetrySize appends about a million points (100 devices × 3
+// numeric metrics × 3,334 timestamps a minute apart, random walks rounded
+// to 0.01, one sequenced message per device and timestamp) and reports
+// the bytes on disk per point (telemetry_points' partitions, with their
+// indexes; heap-bytes/point without them) and per message
+// (telemetry_seqs, with its indexes). It writes once whatever b.N:
+// run it with -benchtime 1x.
+func BenchmarkTelemetrySize(b *testing.B) {
+	ctx := context.Background()
+	db := openDB(b, fhtest.Postgres(b))
+	tel := openTelemetry(b, db, TelemetryOptions{})
+	const devices, steps = 100, 3334
+	metrics := []string{"temp", "hum", "volt"}
+	base := time.Date(2024, 5, 17, 0, 0, 0, 0, time.UTC).UnixNano()
+	rng := rand.New(rand.NewPCG(1, 2))
+	walks := make([][3]float64, devices)
+	for d := range walks {
+		walks[d] = [3]float64{20, 50, 3.3}
+	}
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	var failed atomic.Pointer[error]
+	var seq uint64
+	for i := range steps {
+		ts := base + int64(i)*int64(time.Minute)
+		for d := range devices {
+			m := &payload.Message{Device: fmt.Sprintf("dev-%06d", d), Seq: seq, HasSeq: true}
+			seq++
+			for k, name := range metrics {
+				walks[d][k] += rng.Float64()*0.2 - 0.1
+				v := math.Round(walks[d][k]*100) / 100
+				m.Points = append(m.Points, payload.Point{Metric: name, TS: ts, Value: payload.NumberValue(v)})
+			}
+			wg.Add(1)
+			tel.AppendAsync(m, func(_ bool, err error) {
+				if err != nil {
+					failed.CompareAndSwap(nil, &err)
+				}
+				wg.Done()
+			})
+		}
+	}
+	wg.Wait()
+	b.StopTimer()
+	if p := failed.Load(); p != nil {
+		b.Fatal(*p)
+	}
+	var points, msgs, pointBytes, heapBytes, seqBytes int64
+	if _, err := db.pool.Exec(ctx, "CHECKPOINT"); err != nil {
+		b.Fatal(err)
+	}
+	if err := db.pool.QueryRow(ctx, "SELECT count(*) FROM telemetry_points").Scan(&points); err != nil {
+		b.Fatal(err)
+	}
+	if err := db.pool.QueryRow(ctx, "SELECT count(*) FROM telemetry_seqs").Scan(&msgs); err != nil {
+		b.Fatal(err)
+	}
+	if err := db.pool.QueryRow(ctx, `SELECT sum(pg_total_relation_size(oid))::bigint, sum(pg_relation_size(oid))::bigint
+		FROM pg_class WHERE relname LIKE 'telemetry\_points\_%' AND relkind = 'r'`).Scan(&pointBytes, &heapBytes); err != nil {
+		b.Fatal(err)
+	}
+	if err := db.pool.QueryRow(ctx, "SELECT pg_total_relation_size('telemetry_seqs')").Scan(&seqBytes); err != nil {
+		b.Fatal(err)
+	}
+	if want := int64(devices * steps * len(metrics)); points != want {
+		b.Fatalf("%d points stored; want %d", points, want)
+	}
+	b.ReportMetric(float64(pointBytes)/float64(points), "bytes/point")
+	b.ReportMetric(float64(heapBytes)/float64(points), "heap-bytes/point")
+	b.ReportMetric(float64(seqBytes)/float64(msgs), "dedup-bytes/msg")
+	b.ReportMetric(0, "ns/op")
 }

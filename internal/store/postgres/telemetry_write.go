@@ -44,7 +44,8 @@ func deviceBucket(device string) int32 {
 // stageTable is the committer's temporary staging table.
 const stageTable = "fh_telemetry_stage"
 
-// errRace: another hub created a series this batch wants to create.
+// errRace: another hub created a series or device id this batch wants to
+// create.
 var errRace = errors.New("postgres: concurrent series creation")
 
 func validName(s string) bool {
@@ -60,6 +61,12 @@ type seriesKey struct {
 	device, metric string
 }
 
+// seriesInfo is what telemetry_series holds about a series.
+type seriesInfo struct {
+	id   int64 // 0 until created
+	kind payload.ValueKind
+}
+
 type pointKey struct {
 	device, metric string
 	ts             int64
@@ -67,9 +74,10 @@ type pointKey struct {
 
 // pointRow is one point to write.
 type pointRow struct {
-	device, metric string
-	ts             int64
-	v              payload.Value
+	key    seriesKey
+	series int64 // its id, known once the new series are created
+	ts     int64
+	v      payload.Value
 }
 
 // write writes the undecided entries of batch and records each outcome.
@@ -182,8 +190,7 @@ func (t *Telemetry) ensureConn(ctx context.Context) error {
 	}
 	if !t.stageOK {
 		_, err := t.conn.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS `+stageTable+` (
-			device text NOT NULL,
-			metric text NOT NULL,
+			series bigint NOT NULL,
 			ts bigint NOT NULL,
 			num double precision,
 			str bytea
@@ -236,9 +243,14 @@ func (t *Telemetry) tryWrite(ctx context.Context, todo []*telEntry) error {
 			locks = append(locks, int32(i))
 		}
 	}
-	seqs := sortedKeys(seqSet, func(a, b seqKey) int {
-		return cmp.Or(strings.Compare(a.device, b.device), cmp.Compare(a.seq, b.seq))
-	})
+	var seqDevs []string
+	if len(seqSet) > 0 {
+		ds := map[string]struct{}{}
+		for k := range seqSet {
+			ds[k.device] = struct{}{}
+		}
+		seqDevs = sortedKeys(ds, strings.Compare)
+	}
 
 	t0 := time.Now()
 	tx, err := t.conn.Begin(ctx)
@@ -247,16 +259,23 @@ func (t *Telemetry) tryWrite(ctx context.Context, todo []*telEntry) error {
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 
-	// Lock the devices and read their kinds (one round trip), claim the seqs.
+	// Lock the devices and read their series and the ids of those with
+	// seqs (one round trip), then claim the seqs. The ids are read in the
+	// transaction, under the device locks, rather than cached: another
+	// hub's DeleteDevice removes them (and a series made again gets a new
+	// id and maybe another kind).
 	b := &pgx.Batch{}
 	b.Queue(`SELECT count(pg_advisory_xact_lock_shared($1, k)) FROM unnest($2::integer[]) AS k`, deviceLockClass, locks)
-	b.Queue(`SELECT device, metric, kind FROM telemetry_series WHERE device = ANY($1::text[])`, devices)
+	b.Queue(`SELECT device, metric, kind, id FROM telemetry_series WHERE device = ANY($1::text[])`, devices)
+	if len(seqDevs) > 0 {
+		b.Queue(`SELECT device, id FROM telemetry_devices WHERE device = ANY($1::text[])`, seqDevs)
+	}
 	br := tx.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
 		br.Close()
 		return err
 	}
-	kinds := map[seriesKey]payload.ValueKind{}
+	kinds := map[seriesKey]seriesInfo{}
 	rows, err := br.Query()
 	if err != nil {
 		br.Close()
@@ -264,18 +283,43 @@ func (t *Telemetry) tryWrite(ctx context.Context, todo []*telEntry) error {
 	}
 	var sk seriesKey
 	var kind int16
-	_, err = pgx.ForEachRow(rows, []any{&sk.device, &sk.metric, &kind}, func() error {
-		kinds[sk] = payload.ValueKind(kind)
+	var sid int64
+	_, err = pgx.ForEachRow(rows, []any{&sk.device, &sk.metric, &kind, &sid}, func() error {
+		kinds[sk] = seriesInfo{id: sid, kind: payload.ValueKind(kind)}
 		return nil
 	})
 	if err != nil {
 		br.Close()
 		return err
 	}
+	devIDs := make(map[string]int32, len(seqDevs))
+	if len(seqDevs) > 0 {
+		rows, err := br.Query()
+		if err != nil {
+			br.Close()
+			return err
+		}
+		var dev string
+		var id int32
+		_, err = pgx.ForEachRow(rows, []any{&dev, &id}, func() error {
+			devIDs[dev] = id
+			return nil
+		})
+		if err != nil {
+			br.Close()
+			return err
+		}
+	}
 	if err := br.Close(); err != nil {
 		return err
 	}
-	fresh, err := t.claimSeqs(ctx, tx, seqs)
+	if err := createDeviceIDs(ctx, tx, seqDevs, devIDs); err != nil {
+		return err
+	}
+	seqs := sortedKeys(seqSet, func(a, b seqKey) int {
+		return cmp.Or(cmp.Compare(devIDs[a.device], devIDs[b.device]), cmp.Compare(a.seq, b.seq))
+	})
+	fresh, err := t.claimSeqs(ctx, tx, seqs, devIDs)
 	if err != nil {
 		return err
 	}
@@ -308,8 +352,10 @@ func (t *Telemetry) tryWrite(ctx context.Context, todo []*telEntry) error {
 		for i := range m.Points {
 			p := &m.Points[i]
 			sk := seriesKey{m.Device, p.Metric}
-			if _, ok := kinds[sk]; !ok {
-				kinds[sk] = p.Value.Kind
+			si, ok := kinds[sk]
+			if !ok {
+				si.kind = p.Value.Kind
+				kinds[sk] = si
 				newSeries = append(newSeries, sk)
 				newKinds = append(newKinds, int16(p.Value.Kind))
 			}
@@ -322,22 +368,22 @@ func (t *Telemetry) tryWrite(ctx context.Context, todo []*telEntry) error {
 				continue
 			}
 			idx[pk] = len(pts)
-			pts = append(pts, pointRow{m.Device, p.Metric, p.TS, p.Value})
+			pts = append(pts, pointRow{key: sk, series: si.id, ts: p.TS, v: p.Value})
 		}
 	}
 
 	// Give back the seqs of refused messages; create the new series.
 	b = &pgx.Batch{}
-	var unusedDevs []string
+	var unusedDevs []int32
 	var unusedSeqs []int64
 	for k, used := range fresh {
 		if !used {
-			unusedDevs = append(unusedDevs, k.device)
+			unusedDevs = append(unusedDevs, devIDs[k.device])
 			unusedSeqs = append(unusedSeqs, int64(k.seq))
 		}
 	}
 	if len(unusedDevs) > 0 {
-		b.Queue(`DELETE FROM telemetry_seqs s USING unnest($1::text[], $2::bigint[]) AS k(d, q)
+		b.Queue(`DELETE FROM telemetry_seqs s USING unnest($1::integer[], $2::bigint[]) AS k(d, q)
 			WHERE s.device = k.d AND s.seq = k.q`, unusedDevs, unusedSeqs)
 	}
 	if len(newSeries) > 0 {
@@ -353,13 +399,25 @@ func (t *Telemetry) tryWrite(ctx context.Context, todo []*telEntry) error {
 		for i, j := range order {
 			devs[i], mets[i], knds[i] = newSeries[j].device, newSeries[j].metric, newKinds[j]
 		}
+		// A series another hub created meanwhile is not returned: the
+		// batch is retried and then reads it.
 		b.Queue(`INSERT INTO telemetry_series (device, metric, kind)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[])
-			ON CONFLICT DO NOTHING`, devs, mets, knds).Exec(func(ct pgconn.CommandTag) error {
-			if ct.RowsAffected() != int64(len(devs)) {
-				return errRace
+			ON CONFLICT DO NOTHING RETURNING device, metric, id`, devs, mets, knds).Query(func(rows pgx.Rows) error {
+			n := 0
+			var sk seriesKey
+			var id int64
+			_, err := pgx.ForEachRow(rows, []any{&sk.device, &sk.metric, &id}, func() error {
+				si := kinds[sk]
+				si.id = id
+				kinds[sk] = si
+				n++
+				return nil
+			})
+			if err == nil && n != len(devs) {
+				err = errRace
 			}
-			return nil
+			return err
 		})
 	}
 	if b.Len() > 0 {
@@ -370,8 +428,15 @@ func (t *Telemetry) tryWrite(ctx context.Context, todo []*telEntry) error {
 
 	// Points: COPY into the staging table, then upsert.
 	if len(pts) > 0 {
+		if len(newSeries) > 0 {
+			for i := range pts {
+				if pts[i].series == 0 {
+					pts[i].series = kinds[pts[i].key].id
+				}
+			}
+		}
 		slices.SortFunc(pts, func(a, b pointRow) int {
-			return cmp.Or(strings.Compare(a.device, b.device), strings.Compare(a.metric, b.metric), cmp.Compare(a.ts, b.ts))
+			return cmp.Or(cmp.Compare(a.series, b.series), cmp.Compare(a.ts, b.ts))
 		})
 		if err := t.writePoints(ctx, tx, pts); err != nil {
 			return err
@@ -390,12 +455,48 @@ func (t *Telemetry) tryWrite(ctx context.Context, todo []*telEntry) error {
 	return nil
 }
 
-// claimSeqs inserts the sorted keys into telemetry_seqs and returns those
-// that were not there (mapped to false). Like writePoints, it first tries
+// createDeviceIDs gives the devices that lack one (in ids) an id in
+// telemetry_devices, in sorted order (devs is sorted), and adds them to
+// ids. When another hub created one meanwhile, it returns errRace: the
+// batch is retried and then reads it.
+func createDeviceIDs(ctx context.Context, tx pgx.Tx, devs []string, ids map[string]int32) error {
+	var missing []string
+	for _, d := range devs {
+		if _, ok := ids[d]; !ok {
+			missing = append(missing, d)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	rows, err := tx.Query(ctx, `INSERT INTO telemetry_devices (device)
+		SELECT * FROM unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING device, id`, missing)
+	if err != nil {
+		return err
+	}
+	n := 0
+	var dev string
+	var id int32
+	if _, err := pgx.ForEachRow(rows, []any{&dev, &id}, func() error {
+		ids[dev] = id
+		n++
+		return nil
+	}); err != nil {
+		return err
+	}
+	if n != len(missing) {
+		return errRace
+	}
+	return nil
+}
+
+// claimSeqs inserts the keys (sorted by device id and seq; ids maps their
+// devices to their ids) into telemetry_seqs and returns those that were
+// not there (mapped to false). Like writePoints, it first tries
 // a plain COPY under a savepoint (all keys new: the common case) and falls
 // back to INSERT … ON CONFLICT DO NOTHING RETURNING when a key exists,
 // for this batch and the next upsertBatches.
-func (t *Telemetry) claimSeqs(ctx context.Context, tx pgx.Tx, seqs []seqKey) (map[seqKey]bool, error) {
+func (t *Telemetry) claimSeqs(ctx context.Context, tx pgx.Tx, seqs []seqKey, ids map[string]int32) (map[seqKey]bool, error) {
 	fresh := make(map[seqKey]bool, len(seqs))
 	if len(seqs) == 0 {
 		return fresh, nil
@@ -406,7 +507,7 @@ func (t *Telemetry) claimSeqs(ctx context.Context, tx pgx.Tx, seqs []seqKey) (ma
 			return nil, err
 		}
 		_, err := tx.CopyFrom(ctx, pgx.Identifier{"telemetry_seqs"}, []string{"device", "seq", "received"},
-			&seqSource{seqs: seqs, received: received})
+			&seqSource{seqs: seqs, ids: ids, received: received})
 		var pe *pgconn.PgError
 		if err == nil {
 			for _, k := range seqs {
@@ -424,22 +525,23 @@ func (t *Telemetry) claimSeqs(ctx context.Context, tx pgx.Tx, seqs []seqKey) (ma
 	} else {
 		t.seqInsertLeft--
 	}
-	devs := make([]string, len(seqs))
+	devs := make([]int32, len(seqs))
 	nums := make([]int64, len(seqs))
+	names := make(map[int32]string, len(ids))
 	for i, k := range seqs {
-		devs[i], nums[i] = k.device, int64(k.seq)
+		devs[i], nums[i] = ids[k.device], int64(k.seq)
+		names[devs[i]] = k.device
 	}
 	rows, err := tx.Query(ctx, `INSERT INTO telemetry_seqs (device, seq, received)
-		SELECT d, s, $3 FROM unnest($1::text[], $2::bigint[]) AS k(d, s)
+		SELECT d, s, $3 FROM unnest($1::integer[], $2::bigint[]) AS k(d, s)
 		ON CONFLICT DO NOTHING RETURNING device, seq`, devs, nums, received)
 	if err != nil {
 		return nil, err
 	}
-	var k seqKey
+	var dev int32
 	var n int64
-	_, err = pgx.ForEachRow(rows, []any{&k.device, &n}, func() error {
-		k.seq = uint64(n)
-		fresh[k] = false
+	_, err = pgx.ForEachRow(rows, []any{&dev, &n}, func() error {
+		fresh[seqKey{names[dev], uint64(n)}] = false
 		return nil
 	})
 	return fresh, err
@@ -448,6 +550,7 @@ func (t *Telemetry) claimSeqs(ctx context.Context, tx pgx.Tx, seqs []seqKey) (ma
 // seqSource feeds seqKeys to CopyFrom.
 type seqSource struct {
 	seqs     []seqKey
+	ids      map[string]int32
 	received time.Time
 	i        int
 	vals     [3]any
@@ -460,13 +563,13 @@ func (s *seqSource) Next() bool {
 
 func (s *seqSource) Values() ([]any, error) {
 	k := s.seqs[s.i-1]
-	s.vals[0], s.vals[1], s.vals[2] = k.device, int64(k.seq), s.received
+	s.vals[0], s.vals[1], s.vals[2] = s.ids[k.device], int64(k.seq), s.received
 	return s.vals[:], nil
 }
 
 func (s *seqSource) Err() error { return nil }
 
-var pointColumns = []string{"device", "metric", "ts", "num", "str"}
+var pointColumns = []string{"series", "ts", "num", "str"}
 
 // writePoints writes pts (sorted, one per key) into telemetry_points,
 // replacing the points stored at the same keys.
@@ -474,7 +577,7 @@ var pointColumns = []string{"device", "metric", "ts", "num", "str"}
 // COPY cannot replace rows, and INSERT … ON CONFLICT DO UPDATE from a
 // staging table costs about three times a plain COPY into the partitions
 // (speculative insertion, per-row routing). Rewrites of a stored
-// (device, metric, ts) are rare, so the points are first COPYed straight
+// (series, ts) are rare, so the points are first COPYed straight
 // into telemetry_points under a savepoint; only when that hits a stored
 // key (unique violation) is it rolled back and done the slow way, which
 // the next upsertBatches batches then use directly.
@@ -499,9 +602,9 @@ func (t *Telemetry) writePoints(ctx context.Context, tx pgx.Tx, pts []pointRow) 
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stageTable}, pointColumns, &pointSource{rows: pts}); err != nil {
 		return err
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO telemetry_points (device, metric, ts, num, str)
-		SELECT device, metric, ts, num, str FROM `+stageTable+` ORDER BY device, metric, ts
-		ON CONFLICT (device, metric, ts) DO UPDATE SET num = excluded.num, str = excluded.str`)
+	_, err := tx.Exec(ctx, `INSERT INTO telemetry_points (series, ts, num, str)
+		SELECT series, ts, num, str FROM `+stageTable+` ORDER BY series, ts
+		ON CONFLICT (series, ts) DO UPDATE SET num = excluded.num, str = excluded.str`)
 	return err
 }
 
@@ -511,10 +614,11 @@ const upsertBatches = 8
 
 // checkKinds refuses m when a point's kind differs from its series' kind
 // or, for a new series, from an earlier point of m.
-func checkKinds(m *payload.Message, kinds map[seriesKey]payload.ValueKind) error {
+func checkKinds(m *payload.Message, kinds map[seriesKey]seriesInfo) error {
 	for i := range m.Points {
 		p := &m.Points[i]
-		have, ok := kinds[seriesKey{m.Device, p.Metric}]
+		si, ok := kinds[seriesKey{m.Device, p.Metric}]
+		have := si.kind
 		if !ok {
 			for j := range i {
 				if q := &m.Points[j]; q.Metric == p.Metric {
@@ -544,7 +648,7 @@ func sortedKeys[K comparable](m map[K]struct{}, cmp func(a, b K) int) []K {
 type pointSource struct {
 	rows []pointRow
 	i    int
-	vals [5]any
+	vals [4]any
 }
 
 func (s *pointSource) Next() bool {
@@ -554,11 +658,11 @@ func (s *pointSource) Next() bool {
 
 func (s *pointSource) Values() ([]any, error) {
 	r := &s.rows[s.i-1]
-	s.vals[0], s.vals[1], s.vals[2] = r.device, r.metric, r.ts
+	s.vals[0], s.vals[1] = r.series, r.ts
 	if r.v.Kind == payload.String {
-		s.vals[3], s.vals[4] = nil, []byte(r.v.Str)
+		s.vals[2], s.vals[3] = nil, []byte(r.v.Str)
 	} else {
-		s.vals[3], s.vals[4] = r.v.Num, nil
+		s.vals[2], s.vals[3] = r.v.Num, nil
 	}
 	return s.vals[:], nil
 }
