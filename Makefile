@@ -22,6 +22,9 @@ test: test-deps
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	$(GO) test -race -timeout 20m ./...
+	# The hub's end-to-end tests again with every store in PostgreSQL
+	# (a server of its own on a free loopback port, stopped at the end).
+	FIELDHUB_TEST_STORAGE=postgres $(GO) test -race -count=1 -timeout 10m ./internal/hub
 	# The reconnect storm (2,000 TLS devices) runs without the race
 	# detector, which would make its 4,000 handshakes take minutes.
 	$(GO) test -count=1 -timeout 10m -run 'TestReconnectStorm' -v ./device

@@ -22,6 +22,7 @@ import (
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldhub/fieldhub/internal/config"
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 	"github.com/fieldhub/fieldhub/internal/hub"
 )
 
@@ -53,6 +54,12 @@ func hubConfig(t *testing.T, dir string) config.Hub {
 	c.WSAddr = "127.0.0.1:0"
 	c.HTTPAddr = "127.0.0.1:0"
 	c.LogLevel = "warn"
+	if os.Getenv("FIELDHUB_TEST_STORAGE") == "postgres" {
+		// The same end-to-end tests with everything in PostgreSQL
+		// (make test runs the package both ways).
+		c.Storage = "postgres"
+		c.PostgresURL = fhtest.Postgres(t)
+	}
 	return c
 }
 
