@@ -3,13 +3,13 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
 // MaxAlerts is how many alerts the database keeps: appending beyond it
@@ -47,7 +47,7 @@ func (db *DB) AppendAlerts(ctx context.Context, alerts []store.Alert) error {
 			b.Queue(`INSERT INTO alerts (device, ts, received, metric, value, rule, severity, message, state)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 				ON CONFLICT (device, ts, metric, rule, state) DO NOTHING`,
-				a.Device, unixNano(a.TS), recv, a.Metric, a.Value, a.Rule, a.Severity, a.Message, a.State)
+				a.Device, sqlrow.UnixNano(a.TS), recv, a.Metric, a.Value, a.Rule, a.Severity, a.Message, a.State)
 		}
 		br := tx.SendBatch(ctx, b)
 		var n int64
@@ -94,7 +94,7 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 		args  []any
 	)
 	if q.Before != "" {
-		ts, id, ok := parseCursor(q.Before)
+		ts, id, ok := sqlrow.ParseCursor(q.Before)
 		if !ok {
 			return store.AlertPage{}, fmt.Errorf("postgres: alerts: cursor %q: %w", q.Before, store.ErrInvalidQuery)
 		}
@@ -132,7 +132,7 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 	)
 	for rows.Next() {
 		if q.Limit > 0 && len(page.Alerts) == q.Limit {
-			page.Next = formatCursor(lastTS, lastID)
+			page.Next = sqlrow.FormatCursor(lastTS, lastID)
 			break
 		}
 		var (
@@ -143,7 +143,7 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 			return store.AlertPage{}, fmt.Errorf("postgres: listing alerts: %w", err)
 		}
 		lastTS = ts
-		a.TS, a.Received = fromUnixNano(ts), fromUnixNano(rcv)
+		a.TS, a.Received = sqlrow.FromUnixNano(ts), sqlrow.FromUnixNano(rcv)
 		page.Alerts = append(page.Alerts, a)
 	}
 	rows.Close()
@@ -151,22 +151,4 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 		return store.AlertPage{}, fmt.Errorf("postgres: listing alerts: %w", err)
 	}
 	return page, nil
-}
-
-// formatCursor returns "{ns}.{id}", the cursor of alert and command
-// listings: the time and the arrival (or creation) id of the last row
-// returned.
-func formatCursor(ns, id int64) string {
-	return strconv.FormatInt(ns, 10) + "." + strconv.FormatInt(id, 10)
-}
-
-// parseCursor reads "{ns}.{id}".
-func parseCursor(s string) (ns, id int64, ok bool) {
-	a, b, found := strings.Cut(s, ".")
-	if !found {
-		return 0, 0, false
-	}
-	ns, err1 := strconv.ParseInt(a, 10, 64)
-	id, err2 := strconv.ParseInt(b, 10, 64)
-	return ns, id, err1 == nil && err2 == nil && id > 0
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
 const commandColumns = `seq, id, device, name, params, state, created_at, expires_at,
@@ -22,8 +23,8 @@ func (db *DB) CreateCommand(ctx context.Context, c store.Command) error {
 	_, err := db.pool.Exec(ctx, `INSERT INTO commands
 		(id, device, name, params, state, created_at, expires_at, sent_at, attempts, completed_at, result, error)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-		c.ID, c.Device, c.Name, string(c.Params), string(c.State), unixNano(c.CreatedAt), unixNano(c.ExpiresAt),
-		unixNano(c.SentAt), c.Attempts, unixNano(c.CompletedAt), nullJSON(c.Result), c.Error)
+		c.ID, c.Device, c.Name, string(c.Params), string(c.State), sqlrow.UnixNano(c.CreatedAt), sqlrow.UnixNano(c.ExpiresAt),
+		sqlrow.UnixNano(c.SentAt), c.Attempts, sqlrow.UnixNano(c.CompletedAt), nullJSON(c.Result), c.Error)
 	if isCode(err, codeUniqueViolation) {
 		return fmt.Errorf("postgres: command %q: %w", c.ID, store.ErrExists)
 	}
@@ -60,7 +61,7 @@ func (db *DB) ListCommands(ctx context.Context, q store.CommandQuery) (store.Com
 	query := `SELECT ` + commandColumns + ` FROM commands WHERE device = $1`
 	args := []any{q.Device}
 	if q.Before != "" {
-		ns, seq, ok := parseCursor(q.Before)
+		ns, seq, ok := sqlrow.ParseCursor(q.Before)
 		if !ok {
 			return store.CommandPage{}, fmt.Errorf("postgres: commands: cursor %q: %w", q.Before, store.ErrInvalidQuery)
 		}
@@ -84,7 +85,7 @@ func (db *DB) ListCommands(ctx context.Context, q store.CommandQuery) (store.Com
 	if q.Limit > 0 && len(cs) > q.Limit {
 		cs = cs[:q.Limit]
 		last := cs[len(cs)-1]
-		page.Next = formatCursor(unixNano(last.CreatedAt), last.seq)
+		page.Next = sqlrow.FormatCursor(sqlrow.UnixNano(last.CreatedAt), last.seq)
 	}
 	page.Commands = make([]store.Command, len(cs))
 	for i, c := range cs {
@@ -135,7 +136,7 @@ func (db *DB) UpdateCommand(ctx context.Context, c store.Command, from ...store.
 			WHERE id = $1 AND state = ANY($2::text[])
 			RETURNING 1)
 		SELECT EXISTS (SELECT 1 FROM upd), (SELECT state FROM commands WHERE id = $1)`,
-		c.ID, states, string(c.State), unixNano(c.SentAt), c.Attempts, unixNano(c.CompletedAt),
+		c.ID, states, string(c.State), sqlrow.UnixNano(c.SentAt), c.Attempts, sqlrow.UnixNano(c.CompletedAt),
 		nullJSON(c.Result), c.Error).Scan(&updated, &state)
 	switch {
 	case err != nil:
@@ -156,7 +157,7 @@ func (db *DB) UpdateCommand(ctx context.Context, c store.Command, from ...store.
 // (SKIP LOCKED) rather than waited for: that hub is answering or expiring
 // them, and a later call expires them if they are still due.
 func (db *DB) ExpireCommands(ctx context.Context, now time.Time, limit int) ([]store.Command, time.Time, error) {
-	n := unixNano(now)
+	n := sqlrow.UnixNano(now)
 	var lim *int
 	if limit > 0 {
 		lim = &limit
@@ -188,7 +189,7 @@ func (db *DB) ExpireCommands(ctx context.Context, now time.Time, limit int) ([]s
 	}
 	var nextT time.Time
 	if next != nil {
-		nextT = fromUnixNano(*next)
+		nextT = sqlrow.FromUnixNano(*next)
 	}
 	return expired, nextT, nil
 }
@@ -207,7 +208,7 @@ func (db *DB) DeleteCommands(ctx context.Context, device string) error {
 // PruneCommands deletes finished commands completed before t.
 func (db *DB) PruneCommands(ctx context.Context, before time.Time) (int, error) {
 	tag, err := db.pool.Exec(ctx, `DELETE FROM commands
-		WHERE state IN ('succeeded', 'failed', 'expired') AND completed_at < $1`, unixNano(before))
+		WHERE state IN ('succeeded', 'failed', 'expired') AND completed_at < $1`, sqlrow.UnixNano(before))
 	if err != nil {
 		return 0, fmt.Errorf("postgres: pruning commands: %w", err)
 	}
@@ -232,8 +233,8 @@ func scanCommand(row pgx.CollectableRow) (seqCommand, error) {
 		return seqCommand{}, err
 	}
 	c.Params, c.State = []byte(params), store.CommandState(state)
-	c.CreatedAt, c.ExpiresAt = fromUnixNano(created), fromUnixNano(expires)
-	c.SentAt, c.CompletedAt = fromUnixNano(sent), fromUnixNano(completed)
+	c.CreatedAt, c.ExpiresAt = sqlrow.FromUnixNano(created), sqlrow.FromUnixNano(expires)
+	c.SentAt, c.CompletedAt = sqlrow.FromUnixNano(sent), sqlrow.FromUnixNano(completed)
 	if result != nil {
 		c.Result = []byte(*result)
 	}

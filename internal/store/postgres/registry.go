@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
 var (
@@ -35,12 +35,11 @@ func isCode(err error, code string) bool {
 	return errors.As(err, &pe) && pe.Code == code
 }
 
-const deviceColumns = `id, name, labels, gateway, auth, created_at, password_hash,
-	cert_serial, cert_fingerprint, cert_not_after, credentials_version, last_seen`
+const deviceColumns = sqlrow.DeviceColumns
 
 // CreateDevice stores a new device; store.ErrExists when d.ID is taken.
 func (db *DB) CreateDevice(ctx context.Context, d store.Device) error {
-	args, err := deviceArgs(d)
+	args, err := sqlrow.DeviceArgs(d)
 	if err != nil {
 		return fmt.Errorf("postgres: creating device %q: %w", d.ID, err)
 	}
@@ -122,7 +121,7 @@ func (db *DB) UpdateDevice(ctx context.Context, d store.Device) error {
 	if !validText(d.ID) {
 		return fmt.Errorf("postgres: device %q: %w", d.ID, store.ErrNotFound)
 	}
-	args, err := deviceArgs(d)
+	args, err := sqlrow.DeviceArgs(d)
 	if err != nil {
 		return fmt.Errorf("postgres: updating device %q: %w", d.ID, err)
 	}
@@ -175,7 +174,7 @@ func (db *DB) SetLastSeen(ctx context.Context, seen map[string]time.Time) error 
 		b := &pgx.Batch{}
 		b.Queue(`SET LOCAL synchronous_commit = off`)
 		for _, id := range ids {
-			b.Queue(`UPDATE devices SET last_seen = $2 WHERE id = $1`, id, unixNano(seen[id]))
+			b.Queue(`UPDATE devices SET last_seen = $2 WHERE id = $1`, id, sqlrow.UnixNano(seen[id]))
 		}
 		return tx.SendBatch(ctx, b).Close()
 	})
@@ -199,58 +198,8 @@ func (db *DB) HasChildren(ctx context.Context, gateway string) (bool, error) {
 	return ok, nil
 }
 
-// deviceArgs returns the column values of d in deviceColumns order.
-func deviceArgs(d store.Device) ([]any, error) {
-	labels := []byte("{}")
-	if len(d.Labels) > 0 {
-		var err error
-		if labels, err = json.Marshal(d.Labels); err != nil {
-			return nil, fmt.Errorf("encoding labels: %w", err)
-		}
-	}
-	return []any{d.ID, d.Name, string(labels), d.Gateway, string(d.Auth), unixNano(d.CreatedAt),
-		d.PasswordHash, d.CertSerial, d.CertFingerprint, unixNano(d.CertNotAfter),
-		d.CredentialsVersion, unixNano(d.LastSeen)}, nil
-}
-
-func scanDevice(row pgx.CollectableRow) (store.Device, error) {
-	var (
-		d                           store.Device
-		labels, auth                string
-		created, notAfter, lastSeen int64
-	)
-	err := row.Scan(&d.ID, &d.Name, &labels, &d.Gateway, &auth, &created, &d.PasswordHash,
-		&d.CertSerial, &d.CertFingerprint, &notAfter, &d.CredentialsVersion, &lastSeen)
-	if err != nil {
-		return store.Device{}, err
-	}
-	d.Auth = store.AuthKind(auth)
-	if labels != "" && labels != "{}" {
-		if err := json.Unmarshal([]byte(labels), &d.Labels); err != nil {
-			return store.Device{}, fmt.Errorf("decoding labels of %q: %w", d.ID, err)
-		}
-	}
-	d.CreatedAt = fromUnixNano(created)
-	d.CertNotAfter = fromUnixNano(notAfter)
-	d.LastSeen = fromUnixNano(lastSeen)
-	return d, nil
-}
-
-// unixNano maps the zero time to 0 (its UnixNano is undefined).
-func unixNano(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-// fromUnixNano maps 0 to the zero time and other values to UTC times.
-func fromUnixNano(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
+// scanDevice reads a device row for pgx.CollectRows.
+func scanDevice(row pgx.CollectableRow) (store.Device, error) { return sqlrow.ScanDevice(row.Scan) }
 
 // validText reports whether PostgreSQL accepts s as text: valid UTF-8
 // without NUL. A string it refuses cannot be a stored key, so lookups of

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
 const twinColumns = `device, desired_version, desired, desired_updated,
@@ -59,7 +60,7 @@ func (db *DB) PutTwinDoc(ctx context.Context, device string, side store.TwinSide
 		q = `UPDATE twins SET ` + col + `_version = $2, ` + col + ` = $3, ` + col + `_updated = $4
 			WHERE device = $1 AND ` + col + `_version = $5`
 	}
-	args := []any{device, doc.Version, nullJSON(doc.State), unixNano(doc.UpdatedAt)}
+	args := []any{device, doc.Version, nullJSON(doc.State), sqlrow.UnixNano(doc.UpdatedAt)}
 	if prev != 0 {
 		args = append(args, prev)
 	}
@@ -119,6 +120,6 @@ func scanTwin(row pgx.CollectableRow) (store.Twin, error) {
 	if reported != nil {
 		t.Reported.State = []byte(*reported)
 	}
-	t.Desired.UpdatedAt, t.Reported.UpdatedAt = fromUnixNano(dUpdated), fromUnixNano(rUpdated)
+	t.Desired.UpdatedAt, t.Reported.UpdatedAt = sqlrow.FromUnixNano(dUpdated), sqlrow.FromUnixNano(rUpdated)
 	return t, nil
 }

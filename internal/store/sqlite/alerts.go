@@ -3,11 +3,11 @@ package sqlite
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
 // MaxAlerts is how many alerts the database keeps: appending beyond it
@@ -83,7 +83,7 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 		args = append(args, q.Severity)
 	}
 	if q.Before != "" {
-		ts, id, ok := parseAlertCursor(q.Before)
+		ts, id, ok := sqlrow.ParseCursor(q.Before)
 		if !ok {
 			return store.AlertPage{}, fmt.Errorf("sqlite: alerts: cursor %q: %w", q.Before, store.ErrInvalidQuery)
 		}
@@ -111,7 +111,7 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 	)
 	for rows.Next() {
 		if q.Limit > 0 && len(page.Alerts) == q.Limit {
-			page.Next = strconv.FormatInt(lastTS, 10) + "." + strconv.FormatInt(lastID, 10)
+			page.Next = sqlrow.FormatCursor(lastTS, lastID)
 			break
 		}
 		var (
@@ -129,17 +129,6 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 		return store.AlertPage{}, fmt.Errorf("sqlite: listing alerts: %w", err)
 	}
 	return page, nil
-}
-
-// parseAlertCursor reads "{ts}.{id}".
-func parseAlertCursor(s string) (ts, id int64, ok bool) {
-	a, b, found := strings.Cut(s, ".")
-	if !found {
-		return 0, 0, false
-	}
-	ts, err1 := strconv.ParseInt(a, 10, 64)
-	id, err2 := strconv.ParseInt(b, 10, 64)
-	return ts, id, err1 == nil && err2 == nil && id > 0
 }
 
 // HasChildren reports whether any device is registered behind gateway.

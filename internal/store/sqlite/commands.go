@@ -5,11 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
 const commandColumns = `seq, id, device, name, params, state, created_at, expires_at,
@@ -23,8 +23,8 @@ func (db *DB) CreateCommand(ctx context.Context, c store.Command) error {
 	res, err := db.w.ExecContext(ctx, `INSERT INTO commands
 		(id, device, name, params, state, created_at, expires_at, sent_at, attempts, completed_at, result, error)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-		c.ID, c.Device, c.Name, string(c.Params), string(c.State), unixNano(c.CreatedAt), unixNano(c.ExpiresAt),
-		unixNano(c.SentAt), c.Attempts, unixNano(c.CompletedAt), nullJSON(c.Result), c.Error)
+		c.ID, c.Device, c.Name, string(c.Params), string(c.State), sqlrow.UnixNano(c.CreatedAt), sqlrow.UnixNano(c.ExpiresAt),
+		sqlrow.UnixNano(c.SentAt), c.Attempts, sqlrow.UnixNano(c.CompletedAt), nullJSON(c.Result), c.Error)
 	if err != nil {
 		return fmt.Errorf("sqlite: creating command %q: %w", c.ID, err)
 	}
@@ -63,7 +63,7 @@ func (db *DB) ListCommands(ctx context.Context, q store.CommandQuery) (store.Com
 	query := `SELECT ` + commandColumns + ` FROM commands WHERE device = ?`
 	args := []any{q.Device}
 	if q.Before != "" {
-		ts, seq, ok := parseAlertCursor(q.Before)
+		ts, seq, ok := sqlrow.ParseCursor(q.Before)
 		if !ok {
 			return store.CommandPage{}, fmt.Errorf("sqlite: commands: cursor %q: %w", q.Before, store.ErrInvalidQuery)
 		}
@@ -87,7 +87,7 @@ func (db *DB) ListCommands(ctx context.Context, q store.CommandQuery) (store.Com
 	for rows.Next() {
 		if q.Limit > 0 && len(page.Commands) == q.Limit {
 			last := page.Commands[len(page.Commands)-1]
-			page.Next = strconv.FormatInt(last.CreatedAt.UnixNano(), 10) + "." + strconv.FormatInt(lastSeq, 10)
+			page.Next = sqlrow.FormatCursor(last.CreatedAt.UnixNano(), lastSeq)
 			break
 		}
 		c, seq, err := scanCommand(rows)
@@ -138,7 +138,7 @@ func (db *DB) UpdateCommand(ctx context.Context, c store.Command, from ...store.
 	if len(from) == 0 {
 		return fmt.Errorf("sqlite: updating command %q: no expected state", c.ID)
 	}
-	args := []any{string(c.State), unixNano(c.SentAt), c.Attempts, unixNano(c.CompletedAt), nullJSON(c.Result), c.Error, c.ID}
+	args := []any{string(c.State), sqlrow.UnixNano(c.SentAt), c.Attempts, sqlrow.UnixNano(c.CompletedAt), nullJSON(c.Result), c.Error, c.ID}
 	for _, s := range from {
 		args = append(args, string(s))
 	}
@@ -174,7 +174,7 @@ func (db *DB) ExpireCommands(ctx context.Context, now time.Time, limit int) ([]s
 		return nil, time.Time{}, fmt.Errorf("sqlite: expiring commands: %w", err)
 	}
 	defer tx.Rollback()
-	n := unixNano(now)
+	n := sqlrow.UnixNano(now)
 	query := `SELECT ` + commandColumns + ` FROM commands
 		WHERE state IN ('queued', 'sent') AND expires_at <= ? ORDER BY expires_at, seq`
 	args := []any{n}
@@ -227,7 +227,7 @@ func (db *DB) ExpireCommands(ctx context.Context, now time.Time, limit int) ([]s
 	}
 	var nextT time.Time
 	if next.Valid {
-		nextT = fromUnixNano(next.Int64)
+		nextT = sqlrow.FromUnixNano(next.Int64)
 	}
 	return expired, nextT, nil
 }
@@ -249,7 +249,7 @@ func (db *DB) PruneCommands(ctx context.Context, before time.Time) (int, error) 
 		return 0, err
 	}
 	res, err := db.w.ExecContext(ctx, `DELETE FROM commands
-		WHERE state IN ('succeeded', 'failed', 'expired') AND completed_at < ?`, unixNano(before))
+		WHERE state IN ('succeeded', 'failed', 'expired') AND completed_at < ?`, sqlrow.UnixNano(before))
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: pruning commands: %w", err)
 	}
@@ -274,8 +274,8 @@ func scanCommand(r rowScanner) (store.Command, int64, error) {
 		return store.Command{}, 0, err
 	}
 	c.Params, c.State = []byte(params), store.CommandState(state)
-	c.CreatedAt, c.ExpiresAt = fromUnixNano(created), fromUnixNano(expires)
-	c.SentAt, c.CompletedAt = fromUnixNano(sent), fromUnixNano(completed)
+	c.CreatedAt, c.ExpiresAt = sqlrow.FromUnixNano(created), sqlrow.FromUnixNano(expires)
+	c.SentAt, c.CompletedAt = sqlrow.FromUnixNano(sent), sqlrow.FromUnixNano(completed)
 	if result.Valid {
 		c.Result = []byte(result.String)
 	}

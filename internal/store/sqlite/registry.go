@@ -3,24 +3,23 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
-const deviceColumns = `id, name, labels, gateway, auth, created_at, password_hash,
-	cert_serial, cert_fingerprint, cert_not_after, credentials_version, last_seen`
+const deviceColumns = sqlrow.DeviceColumns
 
 // CreateDevice stores a new device; store.ErrExists when d.ID is taken.
 func (db *DB) CreateDevice(ctx context.Context, d store.Device) error {
 	if err := db.check(); err != nil {
 		return err
 	}
-	args, err := deviceArgs(d)
+	args, err := sqlrow.DeviceArgs(d)
 	if err != nil {
 		return fmt.Errorf("sqlite: creating device %q: %w", d.ID, err)
 	}
@@ -43,7 +42,7 @@ func (db *DB) GetDevice(ctx context.Context, id string) (store.Device, error) {
 		return store.Device{}, err
 	}
 	row := db.r.QueryRowContext(ctx, `SELECT `+deviceColumns+` FROM devices WHERE id = ?`, id)
-	d, err := scanDevice(row)
+	d, err := sqlrow.ScanDevice(row.Scan)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Device{}, fmt.Errorf("sqlite: device %q: %w", id, store.ErrNotFound)
 	}
@@ -93,7 +92,7 @@ func (db *DB) ListDevices(ctx context.Context, o store.ListOptions) ([]store.Dev
 	defer rows.Close()
 	var out []store.Device
 	for rows.Next() {
-		d, err := scanDevice(rows)
+		d, err := sqlrow.ScanDevice(rows.Scan)
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: listing devices: %w", err)
 		}
@@ -111,7 +110,7 @@ func (db *DB) UpdateDevice(ctx context.Context, d store.Device) error {
 	if err := db.check(); err != nil {
 		return err
 	}
-	args, err := deviceArgs(d)
+	args, err := sqlrow.DeviceArgs(d)
 	if err != nil {
 		return fmt.Errorf("sqlite: updating device %q: %w", d.ID, err)
 	}
@@ -163,7 +162,7 @@ func (db *DB) SetLastSeen(ctx context.Context, seen map[string]time.Time) error 
 		}
 		defer stmt.Close()
 		for id, t := range seen {
-			if _, err := stmt.ExecContext(ctx, unixNano(t), id); err != nil {
+			if _, err := stmt.ExecContext(ctx, sqlrow.UnixNano(t), id); err != nil {
 				return err
 			}
 		}
@@ -173,60 +172,6 @@ func (db *DB) SetLastSeen(ctx context.Context, seen map[string]time.Time) error 
 		return fmt.Errorf("sqlite: setting last seen: %w", err)
 	}
 	return nil
-}
-
-// deviceArgs returns the column values of d in deviceColumns order.
-func deviceArgs(d store.Device) ([]any, error) {
-	labels := []byte("{}")
-	if len(d.Labels) > 0 {
-		var err error
-		if labels, err = json.Marshal(d.Labels); err != nil {
-			return nil, fmt.Errorf("encoding labels: %w", err)
-		}
-	}
-	return []any{d.ID, d.Name, string(labels), d.Gateway, string(d.Auth), unixNano(d.CreatedAt),
-		d.PasswordHash, d.CertSerial, d.CertFingerprint, unixNano(d.CertNotAfter),
-		d.CredentialsVersion, unixNano(d.LastSeen)}, nil
-}
-
-type scanner interface{ Scan(dest ...any) error }
-
-func scanDevice(s scanner) (store.Device, error) {
-	var (
-		d                           store.Device
-		labels, auth                string
-		created, notAfter, lastSeen int64
-	)
-	err := s.Scan(&d.ID, &d.Name, &labels, &d.Gateway, &auth, &created, &d.PasswordHash,
-		&d.CertSerial, &d.CertFingerprint, &notAfter, &d.CredentialsVersion, &lastSeen)
-	if err != nil {
-		return store.Device{}, err
-	}
-	d.Auth = store.AuthKind(auth)
-	if labels != "" && labels != "{}" {
-		if err := json.Unmarshal([]byte(labels), &d.Labels); err != nil {
-			return store.Device{}, fmt.Errorf("decoding labels of %q: %w", d.ID, err)
-		}
-	}
-	d.CreatedAt = fromUnixNano(created)
-	d.CertNotAfter = fromUnixNano(notAfter)
-	d.LastSeen = fromUnixNano(lastSeen)
-	return d, nil
-}
-
-// unixNano maps the zero time to 0 (its UnixNano is undefined).
-func unixNano(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-func fromUnixNano(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
 }
 
 // prefixEnd returns the smallest string greater than every string with

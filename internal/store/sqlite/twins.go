@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
 const twinColumns = `device, desired_version, desired, desired_updated,
@@ -45,7 +46,7 @@ func (db *DB) PutTwinDoc(ctx context.Context, device string, side store.TwinSide
 	if doc.Version <= prev {
 		return fmt.Errorf("sqlite: twin of %q: %s version %d is not above %d", device, side, doc.Version, prev)
 	}
-	args := []any{doc.Version, string(doc.State), unixNano(doc.UpdatedAt)}
+	args := []any{doc.Version, string(doc.State), sqlrow.UnixNano(doc.UpdatedAt)}
 	var q string
 	if prev == 0 {
 		// The row may not exist yet.
@@ -130,6 +131,6 @@ func scanTwin(r rowScanner) (store.Twin, error) {
 	if reported.Valid {
 		t.Reported.State = []byte(reported.String)
 	}
-	t.Desired.UpdatedAt, t.Reported.UpdatedAt = fromUnixNano(dUpdated), fromUnixNano(rUpdated)
+	t.Desired.UpdatedAt, t.Reported.UpdatedAt = sqlrow.FromUnixNano(dUpdated), sqlrow.FromUnixNano(rUpdated)
 	return t, nil
 }
