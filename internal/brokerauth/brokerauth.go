@@ -23,8 +23,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // HubUser is an MQTT user of the hub instances themselves (e.g.
@@ -85,20 +83,4 @@ func checkHubUsers(users []HubUser) error {
 		seen[u.Name] = true
 	}
 	return nil
-}
-
-// register registers c, or returns the equal collector already registered.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-	}
-	return c
 }

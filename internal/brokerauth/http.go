@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldhub/fieldhub/internal/acl"
+	"github.com/fieldhub/fieldhub/internal/promutil"
 	"github.com/fieldhub/fieldhub/internal/store"
 	"github.com/fieldhub/fieldhub/topic"
 )
@@ -114,11 +115,11 @@ func NewHandler(reg Registry, cfg HandlerConfig) (*Handler, error) {
 		certs:   cfg.CertificateLogins,
 		timeout: cfg.AuthTimeout,
 		log:     cfg.Logger,
-		requests: register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+		requests: promutil.RegisterOrExisting(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fieldhub_brokerauth_requests_total",
 			Help: "Requests of the external broker's HTTP authentication (auth) and authorization (acl) by result: allow, deny, bad_request, unauthorized, unavailable.",
 		}, []string{"endpoint", "result"})),
-		authnTime: register(cfg.Registerer, prometheus.NewHistogram(prometheus.HistogramOpts{
+		authnTime: promutil.RegisterOrExisting(cfg.Registerer, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "fieldhub_brokerauth_authn_seconds",
 			Help:    "Time to answer one HTTP authentication request.",
 			Buckets: []float64{.001, .005, .01, .02, .04, .08, .16, .32, .64, 1.28, 2.56, 5.12},

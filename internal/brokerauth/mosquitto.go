@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fieldhub/fieldhub/internal/promutil"
 	"github.com/fieldhub/fieldhub/internal/store"
 	"github.com/fieldhub/fieldhub/topic"
 )
@@ -532,19 +533,19 @@ type mosqMetrics struct {
 
 func newMosqMetrics(reg prometheus.Registerer) *mosqMetrics {
 	return &mosqMetrics{
-		syncs: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		syncs: promutil.RegisterOrExisting(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fieldhub_mosquitto_syncs_total",
 			Help: "Syncs of Mosquitto's password and ACL files from the registry, by result (ok, error).",
 		}, []string{"result"})),
-		reloads: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		reloads: promutil.RegisterOrExisting(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fieldhub_mosquitto_reloads_total",
 			Help: "SIGHUPs sent to Mosquitto after its files changed, by result (ok, error, no_process: pid file missing or process gone).",
 		}, []string{"result"})),
-		devices: register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		devices: promutil.RegisterOrExisting(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "fieldhub_mosquitto_devices",
 			Help: "Devices in the last sync by kind: password (written with a hash), certificate, gateway (ACL block written), no_hash (password devices without a Mosquitto hash: rotate their credentials), bad_id (ids Mosquitto's files cannot carry).",
 		}, []string{"kind"})),
-		lastSync: register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		lastSync: promutil.RegisterOrExisting(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "fieldhub_mosquitto_last_sync_timestamp_seconds",
 			Help: "Unix time of the last successful sync.",
 		})),

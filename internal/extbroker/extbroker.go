@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldhub/fieldhub/internal/broker"
+	"github.com/fieldhub/fieldhub/internal/promutil"
 	"github.com/fieldhub/fieldhub/internal/store"
 	"github.com/fieldhub/fieldhub/payload"
 	"github.com/fieldhub/fieldhub/topic"
@@ -179,12 +180,8 @@ func New(cfg Config, ing broker.Ingester, status StatusFunc) (*Client, error) {
 			Name: "fieldhub_extbroker_unknown_device_total", Help: "Messages dropped because their topic names a device the registry does not have.",
 		}),
 	}
-	if cfg.Registerer != nil {
-		for _, col := range []prometheus.Collector{c.m.received, c.m.stored, c.m.refused, c.m.failed, c.m.connects, c.m.connected, c.m.unknown} {
-			if err := cfg.Registerer.Register(col); err != nil {
-				return nil, fmt.Errorf("extbroker: registering metrics: %w", err)
-			}
-		}
+	if err := promutil.Register(cfg.Registerer, []prometheus.Collector{c.m.received, c.m.stored, c.m.refused, c.m.failed, c.m.connects, c.m.connected, c.m.unknown}); err != nil {
+		return nil, fmt.Errorf("extbroker: %w", err)
 	}
 	return c, nil
 }

@@ -42,3 +42,23 @@ func Unregister(r prometheus.Registerer, cs []prometheus.Collector) {
 		r.Unregister(c)
 	}
 }
+
+// RegisterOrExisting registers c with r and returns it, or returns the
+// equal collector already registered there (several instances of a
+// component sharing one registerer then share their metrics). A
+// conflicting collector leaves c unregistered rather than failing. A nil
+// r registers nothing.
+func RegisterOrExisting[C prometheus.Collector](r prometheus.Registerer, c C) C {
+	if r == nil {
+		return c
+	}
+	if err := r.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+	}
+	return c
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fieldhub/fieldhub/internal/pki"
+	"github.com/fieldhub/fieldhub/internal/promutil"
 	"github.com/fieldhub/fieldhub/internal/store"
 )
 
@@ -442,22 +443,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		m.verifications = register(reg, m.verifications)
-		m.hashSeconds = register(reg, m.hashSeconds)
+		m.verifications = promutil.RegisterOrExisting(reg, m.verifications)
+		m.hashSeconds = promutil.RegisterOrExisting(reg, m.hashSeconds)
 	}
 	return m
-}
-
-// register registers c, or returns the equal collector already registered.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		// A conflicting collector: keep ours unregistered rather than fail.
-	}
-	return c
 }
