@@ -191,7 +191,7 @@ func (b *Broker) ingest(cl *mqtt.Client, pk packets.Packet, slots *slotTable, de
 	switch {
 	case err == nil:
 		return pk, packets.CodeSuccessIgnore // PUBREC; not retained, not forwarded
-	case isRefusal(err) && cl.Properties.ProtocolVersion == 5:
+	case IsRefusal(err) && cl.Properties.ProtocolVersion == 5:
 		// mochi would answer a hook's error code with a PUBACK even for
 		// QoS 2; write the PUBREC ourselves.
 		_ = cl.WritePacket(packets.Packet{
@@ -201,10 +201,10 @@ func (b *Broker) ingest(cl *mqtt.Client, pk packets.Packet, slots *slotTable, de
 			Properties:  packets.Properties{ReasonString: reasonString(err)},
 		})
 		return pk, packets.ErrRejectPacket
-	case isRefusal(err) && notAuthorized(err):
+	case IsRefusal(err) && notAuthorized(err):
 		b.closeClient(cl, packets.ErrNotAuthorized) // v3 cannot be told
 		return pk, packets.ErrRejectPacket
-	case isRefusal(err):
+	case IsRefusal(err):
 		return pk, packets.CodeSuccessIgnore // v3: ack and drop
 	default:
 		b.closeClient(cl, errIngestFailed)
@@ -221,7 +221,7 @@ func (b *Broker) finish(p *pending, err error) {
 	if err == nil {
 		return
 	}
-	if isRefusal(err) {
+	if IsRefusal(err) {
 		reason := refusalLabel(err)
 		b.metrics.ingestRefused.WithLabelValues(reason).Inc()
 		if b.limiter.allow("ingest|" + reason + "|" + p.device) {
@@ -287,7 +287,7 @@ func (b *Broker) flush(s *session) {
 			if failed {
 				continue
 			}
-			if p.err != nil && (!isRefusal(p.err) || v3 && notAuthorized(p.err)) {
+			if p.err != nil && (!IsRefusal(p.err) || v3 && notAuthorized(p.err)) {
 				failed = true // ack those before it, then disconnect
 				continue
 			}
@@ -378,7 +378,7 @@ func (b *Broker) dropSession(cl *mqtt.Client) {
 
 // isRefusal reports whether an ingest error refuses the message (acked,
 // not retried) rather than failing it.
-func isRefusal(err error) bool {
+func IsRefusal(err error) bool {
 	return errors.Is(err, payload.ErrRefused) || errors.Is(err, store.ErrTypeMismatch)
 }
 

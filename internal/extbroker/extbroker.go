@@ -30,8 +30,6 @@ import (
 
 	"github.com/fieldhub/fieldhub/internal/broker"
 	"github.com/fieldhub/fieldhub/internal/promutil"
-	"github.com/fieldhub/fieldhub/internal/store"
-	"github.com/fieldhub/fieldhub/payload"
 	"github.com/fieldhub/fieldhub/topic"
 )
 
@@ -351,7 +349,7 @@ func (c *Client) handle(cl *session, p *packets.Publish, ack func()) {
 		case err == nil:
 			c.m.stored.WithLabelValues(kind).Inc()
 			ack()
-		case isRefusal(err):
+		case broker.IsRefusal(err):
 			c.m.refused.WithLabelValues(kind).Inc()
 			c.log.Debug("message refused", "topic", p.Topic, "err", err)
 			ack()
@@ -410,13 +408,6 @@ func (c *Client) handle(cl *session, p *packets.Publish, ack func()) {
 	}
 	c.m.refused.WithLabelValues(kind).Inc()
 	ack()
-}
-
-// isRefusal reports whether an ingest error refuses the message (it is
-// acknowledged and not retried) rather than failing it.
-func isRefusal(err error) bool {
-	var rc interface{ ReasonCode() byte }
-	return errors.Is(err, payload.ErrRefused) || errors.Is(err, store.ErrTypeMismatch) || errors.As(err, &rc)
 }
 
 // Message is a message the hub publishes (commands, desired twin state).
