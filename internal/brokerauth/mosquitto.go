@@ -78,8 +78,9 @@ type Mosquitto struct {
 	m        *mosqMetrics
 	trigger  chan struct{}
 
-	mu    sync.Mutex // serializes Sync
-	cache map[string]kvEntry
+	mu       sync.Mutex // serializes Sync
+	cache    map[string]kvEntry
+	lastSync time.Time // of the last successful Sync
 }
 
 // kvEntry is the KV value of a device's Mosquitto hash. It is bound to the
@@ -188,14 +189,21 @@ func (m *Mosquitto) Trigger() {
 	}
 }
 
-// Run syncs at once, then every interval (DefaultSyncInterval when <= 0)
-// and shortly after each Trigger, until ctx ends. A failed sync is logged
-// and counted, and retried at the next tick. It returns nil when ctx ends.
+// Run syncs at once (unless a Sync succeeded less than interval ago, as
+// the hub's own at start-up), then every interval (DefaultSyncInterval
+// when <= 0) and shortly after each Trigger, until ctx ends. A failed sync
+// is logged and counted, and retried at the next tick. It returns nil when
+// ctx ends.
 func (m *Mosquitto) Run(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		interval = DefaultSyncInterval
 	}
-	m.syncLogged(ctx)
+	m.mu.Lock()
+	recent := time.Since(m.lastSync) < interval
+	m.mu.Unlock()
+	if !recent {
+		m.syncLogged(ctx)
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -250,6 +258,7 @@ func (m *Mosquitto) Sync(ctx context.Context) (SyncResult, error) {
 		return res, err
 	}
 	m.m.syncs.WithLabelValues("ok").Inc()
+	m.lastSync = time.Now()
 	m.m.lastSync.SetToCurrentTime()
 	m.m.devices.WithLabelValues("password").Set(float64(res.Passwords))
 	m.m.devices.WithLabelValues("certificate").Set(float64(res.Certificates))
