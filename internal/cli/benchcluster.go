@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -153,7 +152,7 @@ func clusterOnce(ctx context.Context, f clusterBenchFlags, n int, db string, pg 
 	rand.Read(key)
 	token := hex.EncodeToString(raw) + "-token"
 	var hubs []*bench.Process
-	var https []string
+	var apis []*apiClient
 	defer func() {
 		for _, h := range hubs {
 			h.Stop()
@@ -180,24 +179,26 @@ func clusterOnce(ctx context.Context, f clusterBenchFlags, n int, db string, pg 
 			return res, fmt.Errorf("starting hub %d: %w", i, err)
 		}
 		hubs = append(hubs, p)
-		https = append(https, httpAddr)
+		apis = append(apis, &apiClient{base: "http://" + httpAddr, token: token, http: &http.Client{Timeout: 30 * time.Second}})
 	}
-	for _, a := range https {
-		if err := waitReady(ctx, a, time.Minute); err != nil {
-			return res, err
+	for _, api := range apis {
+		if _, err := waitFor(ctx, time.Minute, func() bool { return api.do(ctx, http.MethodGet, "/readyz", nil, nil) == nil }); err != nil {
+			return res, fmt.Errorf("hub at %s not ready: %w", api.base, err)
 		}
 	}
 	// The hubs store messages only for registered devices; Mosquitto has
 	// its own password file here, so the registry's passwords go unused.
 	for _, d := range devices {
-		if err := registerDevice(ctx, https[0], token, d.ID); err != nil {
-			return res, err
+		if err := apis[0].do(ctx, http.MethodPost, "/api/v1/devices", map[string]any{"id": d.ID, "auth": "password"}, nil); err != nil {
+			return res, fmt.Errorf("registering %s: %w", d.ID, err)
 		}
 	}
 	stored := func() int64 {
 		var sum int64
-		for _, a := range https {
-			sum += int64(scrapeMetric(a, `fieldhub_extbroker_acked_total{kind="telemetry"}`))
+		for _, api := range apis {
+			// Absent until the first message is acknowledged: 0.
+			n, _ := scrapeCounter(ctx, api, "fieldhub_extbroker_acked_total", `kind="telemetry"`)
+			sum += int64(n)
 		}
 		return sum
 	}
@@ -249,63 +250,6 @@ func clusterOnce(ctx context.Context, f clusterBenchFlags, n int, db string, pg 
 		log.Warn("the hubs stored fewer messages than Mosquitto acknowledged", "stored", res.stored, "published", res.published)
 	}
 	return res, nil
-}
-
-func registerDevice(ctx context.Context, addr, token, id string) error {
-	body := strings.NewReader(fmt.Sprintf(`{"id":%q,"auth":"password"}`, id))
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/api/v1/devices", body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("registering %s: %w", id, err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		return fmt.Errorf("registering %s: HTTP %d", id, resp.StatusCode)
-	}
-	return nil
-}
-
-func waitReady(ctx context.Context, addr string, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("hub at %s not ready after %s", addr, d)
-}
-
-// scrapeMetric reads one series (name with its labels, as exposed) from a
-// hub's /metrics; 0 when absent.
-func scrapeMetric(addr, series string) float64 {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, series+" "); ok {
-			v, _ := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-			return v
-		}
-	}
-	return 0
 }
 
 // pgFootprint measures the telemetry tables' size on disk (heap, indexes,
