@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -108,76 +107,34 @@ func (m *mosquitto) file(name string) string { return filepath.Join(m.dir, name)
 type hubProc struct {
 	name string
 	http string
-	args []string
-	env  []string
-	cmd  *exec.Cmd
-	out  *bytes.Buffer
-	done chan struct{}
+	*fhtest.Serve
 }
 
 func newHub(t *testing.T, name, pgURL string, mq *mosquitto, masterKey string) *hubProc {
 	dir := t.TempDir()
-	h := &hubProc{name: name, http: fhtest.FreePort(t)}
-	h.args = []string{"serve",
-		"--data", filepath.Join(dir, "data"),
-		"--storage", "postgres",
-		"--broker", "external",
-		"--external-broker-url", "mqtt://" + mq.addr,
-		"--mosquitto-password-file", mq.file("passwd"),
-		"--mosquitto-acl-file", mq.file("acl"),
-		"--mosquitto-pid-file", mq.file("pid"),
-		"--external-broker-client-id", name,
-		"--external-broker-username", hubUser,
-		"--http-addr", h.http,
-		"--log-level", "warn",
-	}
-	h.env = append(os.Environ(),
-		"FIELDHUB_ADMIN_TOKEN="+adminToken,
-		"FIELDHUB_MASTER_KEY="+masterKey,
-		"FIELDHUB_POSTGRES_URL="+pgURL,
-		"FIELDHUB_EXTERNAL_BROKER_PASSWORD="+hubPassword,
-	)
-	return h
-}
-
-func (h *hubProc) start(t *testing.T) {
-	t.Helper()
-	h.cmd = exec.Command(fhtest.Binary(t), h.args...)
-	h.cmd.Env = h.env
-	h.out = &bytes.Buffer{}
-	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
-	h.done = make(chan struct{})
-	if err := h.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := h.done
-	go func() { h.cmd.Wait(); close(done) }()
-	t.Cleanup(func() { h.kill() })
-}
-
-func (h *hubProc) waitReady(t *testing.T) {
-	t.Helper()
-	fhtest.Eventually(t, 60*time.Second, h.name+" ready", func() bool {
-		select {
-		case <-h.done:
-			t.Fatalf("%s exited: %s", h.name, h.out)
-		default:
-		}
-		resp, err := http.Get("http://" + h.http + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-}
-
-func (h *hubProc) kill() {
-	if h.cmd == nil || h.cmd.Process == nil {
-		return
-	}
-	h.cmd.Process.Signal(syscall.SIGKILL)
-	<-h.done
+	addr := fhtest.FreePort(t)
+	return &hubProc{name: name, http: addr, Serve: &fhtest.Serve{
+		HTTPAddr: addr,
+		Args: []string{
+			"--data", filepath.Join(dir, "data"),
+			"--storage", "postgres",
+			"--broker", "external",
+			"--external-broker-url", "mqtt://" + mq.addr,
+			"--mosquitto-password-file", mq.file("passwd"),
+			"--mosquitto-acl-file", mq.file("acl"),
+			"--mosquitto-pid-file", mq.file("pid"),
+			"--external-broker-client-id", name,
+			"--external-broker-username", hubUser,
+			"--http-addr", addr,
+			"--log-level", "warn",
+		},
+		Env: []string{
+			"FIELDHUB_ADMIN_TOKEN=" + adminToken,
+			"FIELDHUB_MASTER_KEY=" + masterKey,
+			"FIELDHUB_POSTGRES_URL=" + pgURL,
+			"FIELDHUB_EXTERNAL_BROKER_PASSWORD=" + hubPassword,
+		},
+	}}
 }
 
 // api calls the hub's REST API with the admin token.
@@ -244,11 +201,11 @@ func startCluster(t *testing.T, n int) *cluster {
 	c := &cluster{mq: mq}
 	for i := range n {
 		h := newHub(t, fmt.Sprintf("hub-%d", i), pgURL, mq, mk)
-		h.start(t)
+		h.Start(t)
 		c.hubs = append(c.hubs, h)
 	}
 	for _, h := range c.hubs {
-		h.waitReady(t)
+		h.WaitReady(t)
 	}
 	return c
 }
@@ -391,11 +348,11 @@ func TestClusterKill9(t *testing.T) {
 	fhtest.Eventually(t, 60*time.Second, "hub-1 storing", func() bool {
 		return victim.metric("fieldhub_extbroker_acked_total") >= 300
 	})
-	victim.kill()
+	victim.Kill()
 	t.Logf("killed hub-1 with %d messages acknowledged to devices so far", ackedTotal.Load())
 	time.Sleep(time.Second)
-	victim.start(t)
-	victim.waitReady(t)
+	victim.Start(t)
+	victim.WaitReady(t)
 	wg.Wait()
 	if got := ackedTotal.Load(); got != devices*perDevice {
 		t.Logf("Mosquitto acknowledged %d of %d publishes", got, devices*perDevice)

@@ -3,14 +3,9 @@ package hub_test
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,52 +15,22 @@ import (
 	"github.com/fieldhub/fieldhub/topic"
 )
 
-var (
-	fieldhubBinary = fhtest.Binary
-	freePort       = fhtest.FreePort
-)
+var freePort = fhtest.FreePort
 
-// serveProcess is `fieldhub serve` in a child process.
-type serveProcess struct {
-	cmd  *exec.Cmd
-	out  *strings.Builder
-	done chan struct{}
-}
-
-func startServe(t *testing.T, dir, mqttAddr, httpAddr, token string) *serveProcess {
+// startServe starts `fieldhub serve` in a child process on dir.
+func startServe(t *testing.T, dir, mqttAddr, httpAddr, token string) *fhtest.Serve {
 	t.Helper()
-	cmd := exec.Command(fieldhubBinary(t), "serve",
-		"--data", filepath.Join(dir, "data"),
-		"--master-key-file", filepath.Join(dir, "master.key"),
-		"--mqtt-addr", mqttAddr, "--mqtts-addr", "off", "--http-addr", httpAddr,
-		"--checkpoint-interval", "2s", "--log-level", "warn")
-	cmd.Env = append(os.Environ(), "FIELDHUB_ADMIN_TOKEN="+token)
-	p := &serveProcess{cmd: cmd, out: &strings.Builder{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	p := &fhtest.Serve{
+		HTTPAddr: httpAddr,
+		Args: []string{"--data", filepath.Join(dir, "data"),
+			"--master-key-file", filepath.Join(dir, "master.key"),
+			"--mqtt-addr", mqttAddr, "--mqtts-addr", "off", "--http-addr", httpAddr,
+			"--checkpoint-interval", "2s", "--log-level", "warn"},
+		Env: []string{"FIELDHUB_ADMIN_TOKEN=" + token},
 	}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.kill() })
-	eventually(t, 30*time.Second, "hub ready", func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("fieldhub serve exited: %s", p.out)
-		default:
-		}
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	p.Start(t)
+	p.WaitReady(t)
 	return p
-}
-
-func (p *serveProcess) kill() {
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
 }
 
 // TestKill9DuringIngest kills the hub with SIGKILL while devices publish
@@ -154,7 +119,7 @@ func TestKill9DuringIngest(t *testing.T) {
 		}
 		if killAt > 0 {
 			eventually(t, time.Minute, "messages acknowledged before the kill", func() bool { return ackedTotal.Load() >= killAt })
-			p.kill()
+			p.Kill()
 		}
 		wg.Wait()
 	}
