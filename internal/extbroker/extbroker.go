@@ -120,6 +120,20 @@ type metrics struct {
 	connects  prometheus.Counter
 	connected prometheus.Gauge
 	unknown   prometheus.Counter // refused: the device is not in the registry
+
+	byKind [topic.KindBatch + 1]kindCounters // the vectors' children, bound once
+}
+
+// kindCounters are the per-message counters of one topic kind.
+type kindCounters struct{ received, stored, refused, failed prometheus.Counter }
+
+// kind returns the counters of k, bound in New so that the per-message
+// path does no label lookup.
+func (m *metrics) kind(k topic.Kind) *kindCounters {
+	if k < 0 || int(k) >= len(m.byKind) {
+		k = topic.KindUnknown
+	}
+	return &m.byKind[k]
 }
 
 // New validates cfg and returns a Client. ing takes what devices publish
@@ -177,6 +191,13 @@ func New(cfg Config, ing broker.Ingester, status StatusFunc) (*Client, error) {
 		unknown: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "fieldhub_extbroker_unknown_device_total", Help: "Messages dropped because their topic names a device the registry does not have.",
 		}),
+	}
+	for k := range c.m.byKind {
+		name := topic.Kind(k).String()
+		c.m.byKind[k] = kindCounters{
+			received: c.m.received.WithLabelValues(name), stored: c.m.stored.WithLabelValues(name),
+			refused: c.m.refused.WithLabelValues(name), failed: c.m.failed.WithLabelValues(name),
+		}
 	}
 	if err := promutil.Register(cfg.Registerer, []prometheus.Collector{c.m.received, c.m.stored, c.m.refused, c.m.failed, c.m.connects, c.m.connected, c.m.unknown}); err != nil {
 		return nil, fmt.Errorf("extbroker: %w", err)
@@ -336,33 +357,33 @@ func (c *Client) connect(ctx context.Context) (*session, error) {
 // block.
 func (c *Client) handle(cl *session, p *packets.Publish, ack func()) {
 	t, err := topic.Parse(p.Topic)
-	kind := t.Kind.String()
-	c.m.received.WithLabelValues(kind).Inc()
+	m := c.m.kind(t.Kind)
+	m.received.Inc()
 	if err != nil {
 		c.log.Warn("message on an unexpected topic dropped", "topic", p.Topic, "err", err)
-		c.m.refused.WithLabelValues(kind).Inc()
+		m.refused.Inc()
 		ack()
 		return
 	}
 	done := func(err error) {
 		switch {
 		case err == nil:
-			c.m.stored.WithLabelValues(kind).Inc()
+			m.stored.Inc()
 			ack()
 		case broker.IsRefusal(err):
-			c.m.refused.WithLabelValues(kind).Inc()
+			m.refused.Inc()
 			c.log.Debug("message refused", "topic", p.Topic, "err", err)
 			ack()
 		default:
 			// Not acknowledged: the broker redelivers it after a
 			// reconnect, so drop the connection (the session stays).
-			c.m.failed.WithLabelValues(kind).Inc()
+			m.failed.Inc()
 			c.log.Error("storing a message failed; reconnecting for redelivery", "topic", p.Topic, "err", err)
 			go cl.Disconnect(0x80)
 		}
 	}
 	if t.Kind != topic.KindStatus && c.cfg.Known != nil && !c.cfg.Known(t.Device) {
-		c.m.refused.WithLabelValues(kind).Inc()
+		m.refused.Inc()
 		c.m.unknown.Inc()
 		if c.unknownLog.Allow() {
 			c.log.Warn("message from a device the registry does not know dropped; check the broker's ACL", "topic", p.Topic)
@@ -402,11 +423,11 @@ func (c *Client) handle(cl *session, p *packets.Publish, ack func()) {
 		if c.stat != nil {
 			c.stat(t.Device, p.Payload)
 		}
-		c.m.stored.WithLabelValues(kind).Inc()
+		m.stored.Inc()
 		ack()
 		return
 	}
-	c.m.refused.WithLabelValues(kind).Inc()
+	m.refused.Inc()
 	ack()
 }
 
