@@ -213,6 +213,9 @@ func (c IngestConfig) withDefaults() (IngestConfig, error) {
 	default:
 		return bad("payload format %q (want %q, %q or %q)", c.PayloadFormat, FormatJSON, FormatSenML, FormatBatch)
 	}
+	if c.PayloadFormat != FormatBatch {
+		c.BatchReadings = 1 // one reading per message, whatever was asked
+	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
@@ -425,7 +428,7 @@ func RunIngest(ctx context.Context, cfg IngestConfig) (IngestResult, error) {
 	}
 	res.Disconnects = r.disconnects()
 	res.Errors += res.Disconnects
-	res.Points = res.Messages * int64(cfg.Metrics) * int64(max(1, cfg.BatchReadings))
+	res.Points = res.Messages * int64(cfg.Metrics) * int64(cfg.BatchReadings)
 	if secs := res.Duration.Seconds(); secs > 0 {
 		res.MsgsPerSec = float64(res.Messages) / secs
 		res.PointsPerSec = float64(res.Points) / secs

@@ -183,6 +183,7 @@ func TestIngestSenMLAndManyMetrics(t *testing.T) {
 	res, err := RunIngest(t.Context(), IngestConfig{
 		Addr: b.Addr().String(), Devices: Devices(2, ""), Duration: 300 * time.Millisecond,
 		PayloadFormat: FormatSenML, Metrics: 10, Protocol: 5,
+		BatchReadings: 100, // only for FormatBatch: ignored here, as the CLI's default is
 	})
 	if err != nil {
 		t.Fatal(err)
