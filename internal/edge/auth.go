@@ -16,12 +16,16 @@ import (
 // so that reconnects cost nothing.
 type sensorAuth struct {
 	hashes map[string]string
-	mu     sync.Mutex
-	ok     map[string][32]byte // sensor → SHA-256 of the password last verified
+	// hashers verifies one argon2id hash at a time: each holds its memory
+	// parameter (19 MiB by default) while it runs, and a gateway's sensors
+	// reconnecting together would otherwise hold that much each.
+	hashers *registry.Hashers
+	mu      sync.Mutex
+	ok      map[string][32]byte // sensor → SHA-256 of the password last verified
 }
 
 func newSensorAuth(sensors []Sensor) *sensorAuth {
-	a := &sensorAuth{hashes: map[string]string{}, ok: map[string][32]byte{}}
+	a := &sensorAuth{hashes: map[string]string{}, ok: map[string][32]byte{}, hashers: registry.NewHashers(1)}
 	for _, s := range sensors {
 		a.hashes[s.ID] = s.PasswordHash
 	}
@@ -46,7 +50,10 @@ func (a *sensorAuth) Authenticate(ctx context.Context, clientID, username string
 	if cached {
 		return clientID, nil
 	}
-	good, err := registry.VerifyPassword(hash, password)
+	good, err := a.hashers.Verify(ctx, hash, password)
+	if err != nil && ctx.Err() != nil {
+		return "", err // no slot before the connect timed out
+	}
 	if err != nil {
 		return "", &registry.AuthError{Reason: registry.ReasonBadPassword, Err: err}
 	}

@@ -170,12 +170,11 @@ func (s *Service) authPassword(ctx context.Context, clientID, username string, p
 	}
 
 	start := time.Now()
-	if err := s.acquire(ctx); err != nil {
-		return store.Device{}, err
-	}
-	match, err := VerifyPassword(d.PasswordHash, password)
-	s.release()
+	match, err := s.hashers.Verify(ctx, d.PasswordHash, password)
 	s.metrics.hashSeconds.Observe(time.Since(start).Seconds())
+	if err != nil && ctx.Err() != nil {
+		return store.Device{}, err // no slot before ctx ended
+	}
 	if err != nil {
 		return store.Device{}, fmt.Errorf("registry: stored hash of %q: %w", d.ID, err)
 	}

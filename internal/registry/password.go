@@ -1,11 +1,13 @@
 package registry
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -143,4 +145,48 @@ func newPassword() string {
 	b := make([]byte, 24)
 	rand.Read(b)
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// Hashers bounds how many argon2id computations run at once: each holds
+// its Memory parameter (19 MiB by default) while it runs, so unbounded,
+// a burst of logins costs that much per login. The registry service and
+// the edge's sensor authentication share it.
+type Hashers struct{ sem chan struct{} }
+
+// NewHashers allows n computations at once (GOMAXPROCS when n <= 0).
+func NewHashers(n int) *Hashers {
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	return &Hashers{sem: make(chan struct{}, n)}
+}
+
+// acquire waits for a slot until ctx ends.
+func (h *Hashers) acquire(ctx context.Context) error {
+	select {
+	case h.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("registry: waiting to hash: %w", context.Cause(ctx))
+	}
+}
+
+func (h *Hashers) release() { <-h.sem }
+
+// Verify is VerifyPassword in a slot, waiting for one until ctx ends.
+func (h *Hashers) Verify(ctx context.Context, encoded string, password []byte) (bool, error) {
+	if err := h.acquire(ctx); err != nil {
+		return false, err
+	}
+	defer h.release()
+	return VerifyPassword(encoded, password)
+}
+
+// Hash is HashPassword in a slot, waiting for one until ctx ends.
+func (h *Hashers) Hash(ctx context.Context, password []byte, p PasswordParams) (string, error) {
+	if err := h.acquire(ctx); err != nil {
+		return "", err
+	}
+	defer h.release()
+	return HashPassword(password, p), nil
 }

@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,8 +81,8 @@ type Service struct {
 	params  PasswordParams
 	certTTL time.Duration
 	now     func() time.Time
-	sem     chan struct{} // bounds argon2id computations
-	macKey  []byte        // per-process key of the verification cache
+	hashers *Hashers // bounds argon2id computations
+	macKey  []byte   // per-process key of the verification cache
 	metrics *metrics
 
 	writeMu sync.Mutex // serializes Create, Delete and Rotate
@@ -131,11 +130,7 @@ func New(st store.Registry, ca *pki.CA, opts Options) *Service {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	n := opts.MaxConcurrentHashes
-	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
-	}
-	s.sem = make(chan struct{}, n)
+	s.hashers = NewHashers(opts.MaxConcurrentHashes)
 	rand.Read(s.macKey)
 	return s
 }
@@ -287,23 +282,8 @@ func (s *Service) passwordHook(ctx context.Context, d store.Device, password str
 
 // hash computes an argon2id hash within the concurrency bound.
 func (s *Service) hash(ctx context.Context, password []byte) (string, error) {
-	if err := s.acquire(ctx); err != nil {
-		return "", err
-	}
-	defer s.release()
-	return HashPassword(password, s.params), nil
+	return s.hashers.Hash(ctx, password, s.params)
 }
-
-func (s *Service) acquire(ctx context.Context) error {
-	select {
-	case s.sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("registry: waiting to hash: %w", context.Cause(ctx))
-	}
-}
-
-func (s *Service) release() { <-s.sem }
 
 // Get returns the device id (wrapping ErrNotFound when missing). The
 // password hash is never returned.

@@ -487,8 +487,8 @@ func TestDeleteRecreateDuringAuth(t *testing.T) {
 func TestHashQueueHonoursContext(t *testing.T) {
 	f := newFixture(t, Options{MaxConcurrentHashes: 1})
 	_, c := f.create(t, CreateRequest{ID: "d"})
-	f.svc.sem <- struct{}{} // the only slot is busy
-	defer f.svc.release()
+	f.svc.hashers.sem <- struct{}{} // the only slot is busy
+	defer f.svc.hashers.release()
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
 	_, err := f.svc.Authenticate(ctx, "d", "d", []byte(c.Password), nil)
