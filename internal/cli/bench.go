@@ -2,10 +2,8 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -92,10 +90,6 @@ func runBenchIngest(ctx context.Context, f ingestFlags, stdout, stderr io.Writer
 		return usageError{errors.New("--qos: want 0 or 1")}
 	}
 	log := newLogger(stderr, "warn", "text")
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	dir, err := os.MkdirTemp("", "fieldhub-bench-")
 	if err != nil {
 		return err
@@ -105,29 +99,19 @@ func runBenchIngest(ctx context.Context, f ingestFlags, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	httpAddr, err := bench.FreePort()
+	hub, err := newBenchHub(dir, log, "--mqtt-addr", mqttAddr, "--mqtts-addr", "off")
 	if err != nil {
 		return err
 	}
-	raw := make([]byte, 16)
-	rand.Read(raw)
-	token := hex.EncodeToString(raw)
-	hubProc, err := bench.StartProcess(ctx, bench.ProcessConfig{
-		Path: exe,
-		Args: []string{"serve", "--data", filepath.Join(dir, "data"), "--master-key-file", filepath.Join(dir, "master.key"),
-			"--mqtt-addr", mqttAddr, "--mqtts-addr", "off", "--http-addr", httpAddr, "--log-level", "warn"},
-		Env:          []string{"FIELDHUB_ADMIN_TOKEN=" + token},
-		Addr:         mqttAddr,
-		StartTimeout: 30 * time.Second,
-		Logger:       log,
-	})
+	hub.Wait = mqttAddr
+	hubProc, err := hub.start(ctx)
 	if err != nil {
-		return fmt.Errorf("starting the hub: %w", err)
+		return err
 	}
 	defer hubProc.Stop()
 
 	devs := bench.Devices(f.devices, "bench")
-	api := &apiClient{base: "http://" + httpAddr, token: token, http: &http.Client{Timeout: 30 * time.Second}}
+	api := hub.api()
 	for i := range devs {
 		var d deviceJSON
 		if err := api.do(ctx, http.MethodPost, "/api/v1/devices", map[string]any{"id": devs[i].ID}, &d); err != nil {
@@ -177,6 +161,10 @@ func runBenchIngest(ctx context.Context, f ingestFlags, stdout, stderr io.Writer
 		}
 		base = &r
 	case f.baseline == "mochi":
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
 		p, err := bench.StartProcess(ctx, bench.ProcessConfig{Path: exe, Args: []string{"bench", "baseline-broker", "--addr", "127.0.0.1:0"}, Logger: log})
 		if err != nil {
 			return fmt.Errorf("starting the baseline broker: %w", err)
@@ -297,7 +285,7 @@ and the connect rate. A process here is capped near 20,000 descriptors, so measu
 			// Each kind gets a fresh hub process, so that one measurement's
 			// memory is not counted in the next.
 			for _, kind := range kinds {
-				if err := benchHubConnections(ctx, exe, kind, conns, concurrency, settle, stdout, log); err != nil {
+				if err := benchHubConnections(ctx, kind, conns, concurrency, settle, stdout, log); err != nil {
 					return err
 				}
 			}
@@ -325,7 +313,7 @@ and the connect rate. A process here is capped near 20,000 descriptors, so measu
 	return cmd
 }
 
-func benchHubConnections(ctx context.Context, exe, kind string, conns, concurrency int, settle time.Duration, stdout io.Writer, log *slog.Logger) error {
+func benchHubConnections(ctx context.Context, kind string, conns, concurrency int, settle time.Duration, stdout io.Writer, log *slog.Logger) error {
 	dir, err := os.MkdirTemp("", "fieldhub-bench-")
 	if err != nil {
 		return err
@@ -333,15 +321,14 @@ func benchHubConnections(ctx context.Context, exe, kind string, conns, concurren
 	defer os.RemoveAll(dir)
 	mqttAddr, _ := bench.FreePort()
 	mqttsAddr, _ := bench.FreePort()
-	httpAddr, _ := bench.FreePort()
-	p, err := bench.StartProcess(ctx, bench.ProcessConfig{
-		Path: exe,
-		Args: []string{"serve", "--data", filepath.Join(dir, "data"), "--master-key-file", filepath.Join(dir, "master.key"),
-			"--insecure-open-policy", "--mqtt-addr", mqttAddr, "--mqtts-addr", mqttsAddr, "--http-addr", httpAddr, "--log-level", "error"},
-		Addr: mqttAddr, StartTimeout: 30 * time.Second, Logger: log,
-	})
+	hub, err := newBenchHub(dir, log, "--insecure-open-policy", "--mqtt-addr", mqttAddr, "--mqtts-addr", mqttsAddr)
 	if err != nil {
-		return fmt.Errorf("starting the hub: %w", err)
+		return err
+	}
+	hub.Wait, hub.LogLevel = mqttAddr, "error"
+	p, err := hub.start(ctx)
+	if err != nil {
+		return err
 	}
 	defer p.Stop()
 	cfg := bench.ConnConfig{Addr: mqttAddr, Conns: conns, Concurrency: concurrency, Settle: settle, ServerPID: p.PID}

@@ -150,7 +150,6 @@ func clusterOnce(ctx context.Context, f clusterBenchFlags, n int, db string, pg 
 	defer mq.Stop()
 	key := make([]byte, 32)
 	rand.Read(key)
-	token := hex.EncodeToString(raw) + "-token"
 	var hubs []*bench.Process
 	var apis []*apiClient
 	defer func() {
@@ -158,28 +157,28 @@ func clusterOnce(ctx context.Context, f clusterBenchFlags, n int, db string, pg 
 			h.Stop()
 		}
 	}()
+	token := ""
 	for i := range n {
-		httpAddr, err := bench.FreePort()
+		hub, err := newBenchHub(filepath.Join(dir, fmt.Sprintf("hub%d", i)), log,
+			"--storage", "postgres", "--broker", "external",
+			"--external-broker-url", "mqtt://"+mq.Addr, "--external-broker-username", benchHubUser,
+			"--external-broker-client-id", fmt.Sprintf("bench-hub-%d", i))
 		if err != nil {
 			return res, err
 		}
-		p, err := bench.StartProcess(ctx, bench.ProcessConfig{
-			Path: exe,
-			Args: []string{"serve", "--data", filepath.Join(dir, fmt.Sprintf("hub%d", i)),
-				"--storage", "postgres", "--broker", "external",
-				"--external-broker-url", "mqtt://" + mq.Addr, "--external-broker-username", benchHubUser,
-				"--external-broker-client-id", fmt.Sprintf("bench-hub-%d", i),
-				"--http-addr", httpAddr, "--log-level", "warn"},
-			Env: []string{"FIELDHUB_ADMIN_TOKEN=" + token, "FIELDHUB_POSTGRES_URL=" + url,
-				"FIELDHUB_MASTER_KEY=" + base64.StdEncoding.EncodeToString(key),
-				"FIELDHUB_EXTERNAL_BROKER_PASSWORD=" + hubPW},
-			Addr: httpAddr, StartTimeout: 60 * time.Second,
-		})
+		if token == "" {
+			token = hub.Token
+		}
+		hub.Token, hub.Exe = token, exe // the instances share one admin token
+		hub.Env = []string{"FIELDHUB_POSTGRES_URL=" + url,
+			"FIELDHUB_MASTER_KEY=" + base64.StdEncoding.EncodeToString(key),
+			"FIELDHUB_EXTERNAL_BROKER_PASSWORD=" + hubPW}
+		p, err := hub.start(ctx)
 		if err != nil {
-			return res, fmt.Errorf("starting hub %d: %w", i, err)
+			return res, fmt.Errorf("hub %d: %w", i, err)
 		}
 		hubs = append(hubs, p)
-		apis = append(apis, &apiClient{base: "http://" + httpAddr, token: token, http: &http.Client{Timeout: 30 * time.Second}})
+		apis = append(apis, hub.api())
 	}
 	for _, api := range apis {
 		if _, err := waitFor(ctx, time.Minute, func() bool { return api.do(ctx, http.MethodGet, "/readyz", nil, nil) == nil }); err != nil {

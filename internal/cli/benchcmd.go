@@ -3,9 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -129,31 +126,26 @@ func runBenchCommands(ctx context.Context, f cmdBenchFlags, exe string, stdout, 
 	if err != nil {
 		return err
 	}
-	httpAddr, err := bench.FreePort()
+	hub, err := newBenchHub(dir, log, "--mqtts-addr", mqttsAddr)
 	if err != nil {
 		return err
 	}
-	raw := make([]byte, 16)
-	rand.Read(raw)
-	token := hex.EncodeToString(raw)
-	args := []string{"serve", "--data", filepath.Join(dir, "data"), "--master-key-file", filepath.Join(dir, "master.key"),
-		"--mqtts-addr", mqttsAddr, "--http-addr", httpAddr, "--log-level", "warn"}
 	server, wait := "mqtts://"+mqttsAddr, mqttsAddr
 	if f.auth == sim.AuthPassword {
 		mqttAddr, err := bench.FreePort()
 		if err != nil {
 			return err
 		}
-		args = append(args, "--mqtt-addr", mqttAddr)
+		hub.Args = append(hub.Args, "--mqtt-addr", mqttAddr)
 		server, wait = "mqtt://"+mqttAddr, mqttAddr
 	}
-	hub, err := bench.StartProcess(ctx, bench.ProcessConfig{Path: exe, Args: args, Env: []string{"FIELDHUB_ADMIN_TOKEN=" + token},
-		Addr: wait, StartTimeout: 30 * time.Second, Logger: log})
+	hub.Exe, hub.Wait = exe, wait
+	hubProc, err := hub.start(ctx)
 	if err != nil {
-		return fmt.Errorf("starting the hub: %w", err)
+		return err
 	}
-	defer hub.Stop()
-	api := &apiClient{base: "http://" + httpAddr, token: token, http: &http.Client{Timeout: 30 * time.Second}}
+	defer hubProc.Stop()
+	api := hub.api()
 
 	// Register the devices.
 	sc := sim.DefaultScenario()
@@ -177,26 +169,26 @@ func runBenchCommands(ctx context.Context, f cmdBenchFlags, exe string, stdout, 
 		return err
 	}
 	connTime := time.Since(connStart)
-	rssIdle, _ := bench.ProcRSS(hub.PID)
+	rssIdle, _ := bench.ProcRSS(hubProc.PID)
 
 	maxConc := slices.Max(f.concurrency)
 	hc := &http.Client{Timeout: f.wait + 10*time.Second, Transport: &http.Transport{
 		MaxIdleConns: maxConc, MaxIdleConnsPerHost: maxConc, IdleConnTimeout: time.Minute}}
-	capi := &apiClient{base: api.base, token: token, http: hc}
+	capi := &apiClient{base: api.base, token: hub.Token, http: hc}
 	ids := make([]string, len(creds))
 	for i, c := range creds {
 		ids[i] = c.ID
 	}
 	if f.warmup > 0 {
 		fmt.Fprintf(stderr, "warm-up: %d commands…\n", f.warmup)
-		if _, err := runCommandLevel(ctx, capi, ids, min(maxConc, 8), 0, f.warmup, f.wait, hub.PID); err != nil {
+		if _, err := runCommandLevel(ctx, capi, ids, min(maxConc, 8), 0, f.warmup, f.wait, hubProc.PID); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
 	var levels []cmdLevel
 	for _, c := range f.concurrency {
 		fmt.Fprintf(stderr, "concurrency %d: %v…\n", c, f.duration)
-		lv, err := runCommandLevel(ctx, capi, ids, c, f.duration, f.count, f.wait, hub.PID)
+		lv, err := runCommandLevel(ctx, capi, ids, c, f.duration, f.count, f.wait, hubProc.PID)
 		if err != nil {
 			return fmt.Errorf("concurrency %d: %w", c, err)
 		}

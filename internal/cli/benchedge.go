@@ -2,8 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -62,25 +60,18 @@ func runBenchEdge(ctx context.Context, f edgeBenchFlags, stdout, stderr io.Write
 	}
 	defer os.RemoveAll(dir)
 	hubMQTTS, _ := bench.FreePort()
-	hubHTTP, _ := bench.FreePort()
 	edgeMQTT, _ := bench.FreePort()
-	raw := make([]byte, 16)
-	rand.Read(raw)
-	token := hex.EncodeToString(raw)
-	startHub := func() (*bench.Process, error) {
-		return bench.StartProcess(ctx, bench.ProcessConfig{
-			Path: exe,
-			Args: []string{"serve", "--data", filepath.Join(dir, "hub"), "--master-key-file", filepath.Join(dir, "master.key"),
-				"--mqtts-addr", hubMQTTS, "--http-addr", hubHTTP, "--log-level", "warn"},
-			Env: []string{"FIELDHUB_ADMIN_TOKEN=" + token}, Addr: hubMQTTS, StartTimeout: 30 * time.Second, Logger: log,
-		})
-	}
-	hubProc, err := startHub()
+	hub, err := newBenchHub(filepath.Join(dir, "hub"), log, "--mqtts-addr", hubMQTTS)
 	if err != nil {
-		return fmt.Errorf("starting the hub: %w", err)
+		return err
+	}
+	hub.Wait = hubMQTTS
+	hubProc, err := hub.start(ctx)
+	if err != nil {
+		return err
 	}
 	defer func() { hubProc.Stop() }()
-	api := &apiClient{base: "http://" + hubHTTP, token: token, http: &http.Client{Timeout: 30 * time.Second}}
+	api := hub.api()
 	var gw deviceJSON
 	if err := api.do(ctx, http.MethodPost, "/api/v1/devices", map[string]any{"id": "bench-gw", "auth": "certificate"}, &gw); err != nil {
 		return fmt.Errorf("registering the gateway: %w", err)
@@ -149,7 +140,7 @@ func runBenchEdge(ctx context.Context, f edgeBenchFlags, stdout, stderr io.Write
 	if err != nil {
 		return fmt.Errorf("filling the backlog: %w", err)
 	}
-	if hubProc, err = startHub(); err != nil {
+	if hubProc, err = hub.start(ctx); err != nil {
 		return fmt.Errorf("restarting the hub: %w", err)
 	}
 	// The restarted hub's counter starts at zero and counts each point once.
