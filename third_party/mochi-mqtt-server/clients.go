@@ -119,6 +119,33 @@ type ClientConnection struct {
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
 	Inline   bool          // if true, the client is the built-in 'inline' embedded client
+
+	// fieldhub: set by attachClient; resume continues reading after the
+	// connection was parked (see Parker). resumed tells Read the keepalive
+	// deadline still runs from the last packet received.
+	resume  func()
+	resumed bool
+}
+
+// ErrParked is returned by Client.Read when the connection was handed to a
+// Parker's poller while idle: reading continues on a new goroutine later.
+var ErrParked = errors.New("connection parked while idle")
+
+// Parker is implemented by connections that can wait for their next packet
+// without holding a goroutine (fieldhub addition). Before reading a packet
+// with nothing buffered, Client.Read turns on idle reads and peeks: a
+// connection that stays idle then ends the read early with an error, and
+// Read offers that error to Park.
+type Parker interface {
+	// SetIdleRead sets whether reads may end with an idle error after the
+	// connection has been quiet for a while (before its read deadline).
+	SetIdleRead(on bool)
+	// Park is called with a read error. If it is the idle error, Park hands
+	// the connection to a poller, which calls resume exactly once, on a
+	// goroutine of its own, when the connection becomes readable, is
+	// closed, or passes its read deadline; Park then reports true and the
+	// reading goroutine returns. For any other error it reports false.
+	Park(err error, resume func()) bool
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -143,20 +170,27 @@ type Will struct {
 
 // ClientState tracks the state of the client.
 type ClientState struct {
-	TopicAliases    TopicAliases         // a map of topic aliases
-	stopCause       atomic.Value         // reason for stopping
-	Inflight        *Inflight            // a map of in-flight qos messages
-	Subscriptions   *Subscriptions       // a map of the subscription filters a client maintains
-	disconnected    int64                // the time the client disconnected in unix time, for calculating expiry
-	outbound        chan *packets.Packet // queue for pending outbound packets
-	endOnce         sync.Once            // only end once
-	isTakenOver     atomic.Bool          // used to identify orphaned clients
-	packetID        uint32               // the current highest packetID
-	open            context.Context      // indicate that the client is open for packet exchange
-	cancelOpen      context.CancelFunc   // cancel function for open context
-	outboundQty     int32                // number of messages currently in the outbound queue
-	Keepalive       uint16               // the number of seconds the connection can wait
-	ServerKeepalive bool                 // keepalive was set by the server
+	TopicAliases  TopicAliases       // a map of topic aliases
+	stopCause     atomic.Value       // reason for stopping
+	Inflight      *Inflight          // a map of in-flight qos messages
+	Subscriptions *Subscriptions     // a map of the subscription filters a client maintains
+	disconnected  int64              // the time the client disconnected in unix time, for calculating expiry
+	endOnce       sync.Once          // only end once
+	isTakenOver   atomic.Bool        // used to identify orphaned clients
+	packetID      uint32             // the current highest packetID
+	open          context.Context    // indicate that the client is open for packet exchange
+	cancelOpen    context.CancelFunc // cancel function for open context
+	outboundQty   int32              // number of messages currently in the outbound queue
+	// fieldhub: the queue of pending outbound packets is a slice that
+	// exists only while packets wait (upstream: a channel of
+	// MaximumClientWritesPending pointers per client, 2 KiB at 256), and
+	// a writer goroutine runs only while it is not empty.
+	outMu           sync.Mutex
+	outq            []*packets.Packet // pending outbound packets, oldest first
+	writing         bool              // a goroutine is draining outq (outMu)
+	outLen          atomic.Int32      // len(outq)
+	Keepalive       uint16            // the number of seconds the connection can wait
+	ServerKeepalive bool              // keepalive was set by the server
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -171,7 +205,6 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending),
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -190,19 +223,61 @@ func newClient(c net.Conn, o *ops) *Client {
 	return cl
 }
 
-// WriteLoop ranges over pending outbound messages and writes them to the client connection.
+// WriteLoop writes pending outbound packets to the client connection.
+//
+// fieldhub: a writer now starts by itself when a packet is queued and ends
+// when the queue is empty; WriteLoop only makes sure one runs.
 func (cl *Client) WriteLoop() {
+	cl.State.outMu.Lock()
+	start := !cl.State.writing && len(cl.State.outq) > 0
+	cl.State.writing = cl.State.writing || start
+	cl.State.outMu.Unlock()
+	if start {
+		cl.drainOutbound()
+	}
+}
+
+// enqueue queues pk for the writer and reports whether there was room
+// (MaximumClientWritesPending), starting a writer when none runs.
+func (cl *Client) enqueue(pk *packets.Packet) bool {
+	cl.State.outMu.Lock()
+	if int32(len(cl.State.outq)) >= cl.ops.options.Capabilities.MaximumClientWritesPending {
+		cl.State.outMu.Unlock()
+		return false
+	}
+	cl.State.outq = append(cl.State.outq, pk)
+	cl.State.outLen.Add(1)
+	atomic.AddInt32(&cl.State.outboundQty, 1)
+	start := !cl.State.writing
+	cl.State.writing = true
+	cl.State.outMu.Unlock()
+	if start {
+		go cl.drainOutbound()
+	}
+	return true
+}
+
+// drainOutbound writes queued packets in order until the queue is empty.
+// At most one runs per client (the writing flag).
+func (cl *Client) drainOutbound() {
 	for {
-		select {
-		case pk := <-cl.State.outbound:
-			if err := cl.WritePacket(*pk); err != nil {
-				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-			}
-			atomic.AddInt32(&cl.State.outboundQty, -1)
-		case <-cl.State.open.Done():
+		cl.State.outMu.Lock()
+		if len(cl.State.outq) == 0 {
+			cl.State.outq = nil // let an emptied backlog's array go
+			cl.State.writing = false
+			cl.State.outMu.Unlock()
 			return
 		}
+		pk := cl.State.outq[0]
+		cl.State.outq[0] = nil
+		cl.State.outq = cl.State.outq[1:]
+		cl.State.outLen.Add(-1)
+		cl.State.outMu.Unlock()
+
+		if err := cl.WritePacket(*pk); err != nil {
+			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+		}
+		atomic.AddInt32(&cl.State.outboundQty, -1)
 	}
 }
 
@@ -364,13 +439,32 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 // packets to be handled by the packetHandler.
 func (cl *Client) Read(packetHandler ReadFn) error {
 	var err error
+	parker, _ := cl.Net.Conn.(Parker)
+	if cl.Net.resume == nil {
+		parker = nil // not attached by a Server: nothing to resume with
+	}
 
 	for {
 		if cl.Closed() {
 			return nil
 		}
 
-		cl.refreshDeadline(cl.State.Keepalive)
+		if cl.Net.resumed {
+			cl.Net.resumed = false // the keepalive runs from the last packet
+		} else {
+			cl.refreshDeadline(cl.State.Keepalive)
+		}
+		if parker != nil && cl.Net.bconn != nil && cl.Net.bconn.Buffered() == 0 {
+			parker.SetIdleRead(true)
+			_, err = cl.Net.bconn.Peek(1)
+			parker.SetIdleRead(false)
+			if err != nil {
+				if parker.Park(err, cl.resumeRead) {
+					return ErrParked
+				}
+				return err
+			}
+		}
 		fh := new(packets.FixedHeader)
 		err = cl.ReadFixedHeader(fh)
 		if err != nil {
@@ -387,6 +481,12 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return err
 		}
 	}
+}
+
+// resumeRead is the resume function given to Parker.Park.
+func (cl *Client) resumeRead() {
+	cl.Net.resumed = true
+	cl.Net.resume()
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
@@ -602,7 +702,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	n, err := func() (int64, error) {
 		cl.Lock()
 		defer cl.Unlock()
-		if len(cl.State.outbound) == 0 {
+		if cl.State.outLen.Load() == 0 {
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)
 			}

@@ -789,7 +789,9 @@ func TestClientWritePacketBuffer(t *testing.T) {
 	small := packets.TPacketData[packets.Publish].Get(packets.TPublishNoPayload).Packet
 	large := packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 
-	cl.State.outbound <- small
+	cl.State.outq = append(cl.State.outq, small) // a packet waits: writes buffer
+	cl.State.outLen.Add(1)
+	cl.State.writing = true // and no writer drains it
 
 	tt := []struct {
 		pks  []*packets.Packet

@@ -404,12 +404,19 @@ func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 // attachClient validates an incoming client connection and if viable, attaches the client
 // to the server, performs session housekeeping, and reads incoming packets.
 func (s *Server) attachClient(cl *Client, listener string) error {
-	defer s.Listeners.ClientsWg.Done()
 	s.Listeners.ClientsWg.Add(1)
+	if err := s.establishClient(cl, listener); err != nil {
+		cl.Stop(nil)
+		s.Listeners.ClientsWg.Done()
+		return err
+	}
+	cl.Net.resume = func() { _ = s.serveClient(cl, listener) }
+	return s.serveClient(cl, listener)
+}
 
-	go cl.WriteLoop()
-	defer cl.Stop(nil)
-
+// establishClient reads and answers the CONNECT packet of a client (fieldhub:
+// split from attachClient so that reading can pause and resume, see Parker).
+func (s *Server) establishClient(cl *Client, listener string) (err error) {
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
 		return fmt.Errorf("read connection: %w", err)
@@ -450,7 +457,11 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	}
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
-	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
+	defer func() {
+		if err != nil {
+			atomic.AddInt64(&s.Info.ClientsConnected, -1)
+		}
+	}()
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
@@ -472,8 +483,18 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	}
 
 	s.hooks.OnSessionEstablished(cl, pk)
+	return nil
+}
 
-	err = cl.Read(s.receivePacket)
+// serveClient reads and handles the packets of an established client until
+// it disconnects, then ends its session (fieldhub: split from attachClient).
+// When the client's connection parks while idle it returns nil at once; the
+// connection's poller calls it again, on a new goroutine, to go on.
+func (s *Server) serveClient(cl *Client, listener string) error {
+	err := cl.Read(s.receivePacket)
+	if errors.Is(err, ErrParked) {
+		return nil
+	}
 	if err != nil {
 		s.sendLWT(cl)
 		cl.Stop(err)
@@ -491,6 +512,9 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
 
+	atomic.AddInt64(&s.Info.ClientsConnected, -1)
+	cl.Stop(nil)
+	s.Listeners.ClientsWg.Done()
 	return err
 }
 
@@ -1097,10 +1121,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, packets.CodeDisconnect
 	}
 
-	select {
-	case cl.State.outbound <- &out:
-		atomic.AddInt32(&cl.State.outboundQty, 1)
-	default:
+	if !cl.enqueue(&out) {
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
 		if out.FixedHeader.Qos > 0 {

@@ -2103,8 +2103,10 @@ func TestPublishToClientExceedClientWritesPending(t *testing.T) {
 	s.Clients.Add(cl)
 
 	for i := int32(0); i < cl.ops.options.Capabilities.MaximumClientWritesPending; i++ {
-		cl.State.outbound <- new(packets.Packet)
+		cl.State.outq = append(cl.State.outq, new(packets.Packet))
+		cl.State.outLen.Add(1)
 		atomic.AddInt32(&cl.State.outboundQty, 1)
+		cl.State.writing = true // no writer drains the queue
 	}
 
 	id, _ := cl.NextPacketID()
