@@ -1,0 +1,205 @@
+package idleconn
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Poller watches parked connections with one epoll instance and one
+// goroutine, which Close stops.
+type Poller struct {
+	idle   time.Duration
+	epfd   int
+	wakeR  int // read end of the pipe that stops the loop
+	wakeW  int
+	parked atomic.Int64
+	counts [3]atomic.Uint64 // resumes by cause: readable, deadline, closed
+
+	mu     sync.Mutex
+	byFD   map[int]*Conn // parked connections by descriptor
+	closed bool
+
+	done chan struct{} // closed when the loop has returned
+}
+
+// NewPoller starts a poller that parks connections idle for longer than
+// idle. The caller stops it with Close.
+func NewPoller(idle time.Duration) (*Poller, error) {
+	if idle <= 0 {
+		return nil, fmt.Errorf("idleconn: idle period %v must be positive", idle)
+	}
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("idleconn: epoll_create1: %w", err)
+	}
+	var pipe [2]int
+	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("idleconn: pipe2: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(pipe[0])}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, pipe[0], &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(pipe[0])
+		unix.Close(pipe[1])
+		return nil, fmt.Errorf("idleconn: epoll_ctl: %w", err)
+	}
+	p := &Poller{
+		idle:  idle,
+		epfd:  epfd,
+		wakeR: pipe[0],
+		wakeW: pipe[1],
+		byFD:  make(map[int]*Conn),
+		done:  make(chan struct{}),
+	}
+	go p.loop()
+	return p, nil
+}
+
+// Wrap returns c as a Conn that can park with p, or c itself when it has
+// no descriptor to watch (for example a WebSocket stream).
+func (p *Poller) Wrap(c net.Conn) net.Conn {
+	if p == nil {
+		return c
+	}
+	fd, ok := descriptor(c)
+	if !ok {
+		return c
+	}
+	return &Conn{Conn: c, p: p, fd: fd}
+}
+
+// Parked returns the number of connections parked now.
+func (p *Poller) Parked() int64 { return p.parked.Load() }
+
+// Resumes returns how many parks ended because the connection became
+// readable, passed its read deadline, or was closed.
+func (p *Poller) Resumes() (readable, deadline, closed uint64) {
+	return p.counts[0].Load(), p.counts[1].Load(), p.counts[2].Load()
+}
+
+// Close stops the loop. Connections still parked stay parked until they
+// are closed (which resumes them); new parks are refused, so their readers
+// end with the idle error. Close the connections first.
+func (p *Poller) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.mu.Unlock()
+	_, _ = unix.Write(p.wakeW, []byte{0})
+	<-p.done
+	unix.Close(p.wakeR)
+	unix.Close(p.wakeW)
+	return unix.Close(p.epfd)
+}
+
+// park registers c, idle, for readability (one shot) and for its read
+// deadline.
+func (p *Poller) park(c *Conn, resume func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		// Closed between the idle read and now: let the reader see it.
+		p.counts[2].Add(1)
+		go resume()
+		return true
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return false
+	}
+	p.byFD[c.fd] = c
+	p.mu.Unlock()
+
+	// Level-triggered, one shot: bytes that arrived since the idle read
+	// fire at once; after firing the descriptor stays disarmed until the
+	// next park re-arms it.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(c.fd)}
+	op := unix.EPOLL_CTL_MOD
+	if !c.inEpoll {
+		op = unix.EPOLL_CTL_ADD
+	}
+	err := unix.EpollCtl(p.epfd, op, c.fd, &ev)
+	if errors.Is(err, unix.ENOENT) && op == unix.EPOLL_CTL_MOD {
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev)
+	} else if errors.Is(err, unix.EEXIST) && op == unix.EPOLL_CTL_ADD {
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev)
+	}
+	if err != nil {
+		p.mu.Lock()
+		if p.byFD[c.fd] == c {
+			delete(p.byFD, c.fd)
+		}
+		p.mu.Unlock()
+		return false // the reader goes on with the idle error
+	}
+	c.inEpoll = true
+	c.parked, c.resume = true, resume
+	p.parked.Add(1)
+	c.armTimerLocked()
+	return true
+}
+
+// unparked removes c from the parked set after its park ended.
+func (p *Poller) unparked(c *Conn, why string) {
+	p.mu.Lock()
+	if p.byFD[c.fd] == c {
+		delete(p.byFD, c.fd)
+	}
+	p.mu.Unlock()
+	p.parked.Add(-1)
+	switch why {
+	case "readable":
+		p.counts[0].Add(1)
+	case "deadline":
+		p.counts[1].Add(1)
+	default:
+		p.counts[2].Add(1)
+	}
+}
+
+// forget takes c's descriptor out of the epoll set (before it is closed).
+func (p *Poller) forget(c *Conn) {
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+}
+
+func (p *Poller) loop() {
+	defer close(p.done)
+	events := make([]unix.EpollEvent, 256)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			// Only a broken epoll descriptor gets here; parked connections
+			// still resume when closed or at their deadline.
+			return
+		}
+		for _, ev := range events[:n] {
+			fd := int(ev.Fd)
+			if fd == p.wakeR {
+				return
+			}
+			p.mu.Lock()
+			c := p.byFD[fd]
+			p.mu.Unlock()
+			if c != nil {
+				// A late event for a closed descriptor whose number was
+				// reused only resumes the new owner early: it reads, finds
+				// nothing, and parks again.
+				c.wake("readable")
+			}
+		}
+	}
+}
