@@ -4,7 +4,7 @@ BIN     := bin/fieldhub
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/fieldhub/fieldhub/internal/cli.Version=$(VERSION)
 
-.PHONY: all build run test test-deps ui vet fuzz bench clean
+.PHONY: all build run test test-deps ui vet fuzz bench clean mochi-patch
 
 all: build
 
@@ -25,6 +25,9 @@ test: test-deps
 	# The hub's end-to-end tests again with every store in PostgreSQL
 	# (a server of its own on a free loopback port, stopped at the end).
 	FIELDHUB_TEST_STORAGE=postgres $(GO) test -race -count=1 -timeout 10m ./internal/hub
+	# Our copy of mochi-mqtt (third_party/README.md) with its own tests; one
+	# upstream test is flaky under -race in the unpatched release as well.
+	cd $(MOCHI) && $(GO) test -race -count=1 -skip TestEstablishConnectionInheritExistingTrueTakeover . ./packets ./listeners
 	# The reconnect storm (2,000 TLS devices) runs without the race
 	# detector, which would make its 4,000 handshakes take minutes.
 	$(GO) test -count=1 -timeout 10m -run 'TestReconnectStorm' -v ./device
@@ -59,6 +62,18 @@ fuzz:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./payload ./internal/tsdb
 	./$(BIN) bench ingest
+
+# The diff of our copy of mochi-mqtt against its release.
+MOCHI     := third_party/mochi-mqtt-server
+MOCHI_VER := v2.7.9
+mochi-patch:
+	$(GO) mod download github.com/mochi-mqtt/server/v2@$(MOCHI_VER)
+	tmp=$$(mktemp -d) && \
+	ln -s "$$($(GO) env GOMODCACHE)/github.com/mochi-mqtt/server/v2@$(MOCHI_VER)" $$tmp/upstream && \
+	ln -s "$(CURDIR)/$(MOCHI)" $$tmp/ours && \
+	{ cd $$tmp && diff -ruN -x cmd -x examples -x Dockerfile -x 'README-*.md' -x config.yaml -x go.sum \
+		upstream/ ours/ > "$(CURDIR)/$(MOCHI).patch"; test $$? = 1; }; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
 
 clean:
 	rm -rf bin $(UI)/node_modules $(UI_DIST)/uPlot.iife.min.js $(UI_DIST)/uPlot.min.css $(UI_DIST)/uPlot.LICENSE

@@ -33,6 +33,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fieldhub/fieldhub/internal/idleconn"
 	"github.com/fieldhub/fieldhub/topic"
 )
 
@@ -140,6 +141,7 @@ const (
 	DefaultSessionExpiry      = 7 * 24 * time.Hour
 	DefaultMaxConcurrentAuth  = 64
 	DefaultMaxPendingBatches  = 64
+	DefaultIdleAfter          = time.Second
 	authTimeout               = 10 * time.Second
 	gatewayCheckTimeout       = 5 * time.Second
 	netBufferSize             = 1024
@@ -216,6 +218,12 @@ type Config struct {
 	// readings); beyond it the gateway's connection is not read until one
 	// completes. Default 64.
 	MaxPendingBatches int
+	// IdleAfter is how long an established TCP or TLS connection may go
+	// without receiving a byte before it parks: its goroutines end and
+	// epoll watches it until the next packet, its keepalive deadline or its
+	// close (Linux only; WebSocket connections never park). Default 1 s;
+	// negative keeps a goroutine per connection.
+	IdleAfter time.Duration
 }
 
 // ErrInvalidConfig is wrapped by every configuration error from New.
@@ -259,6 +267,7 @@ type Broker struct {
 	slots     *slotTable // pending telemetry and alerts per device
 	bslots    *slotTable // pending batches per gateway
 	tlsCfg    *tls.Config
+	poller    atomic.Pointer[idleconn.Poller] // nil when connections do not park
 	authSem   chan struct{}
 	// authTimeout bounds the wait for an authentication slot plus
 	// Authenticate itself.
@@ -350,7 +359,7 @@ func New(cfg Config, auth Authenticator, ing Ingester, presence Presence) (*Brok
 		InlineClient:             true,
 	})
 	b.inline, _ = b.server.Clients.Get(mqtt.InlineClientId)
-	if b.metrics, err = newMetrics(cfg.Registerer, b.server.Info); err != nil {
+	if b.metrics, err = newMetrics(cfg.Registerer, b.server.Info, &b.poller); err != nil {
 		return nil, err
 	}
 	b.hook = &hook{b: b}
@@ -399,6 +408,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: MaxPendingBatches: %d is negative", ErrInvalidConfig, c.MaxPendingBatches)
 	} else if c.MaxPendingBatches == 0 {
 		c.MaxPendingBatches = DefaultMaxPendingBatches
+	}
+	if c.IdleAfter == 0 {
+		c.IdleAfter = DefaultIdleAfter
 	}
 	if c.MaxWritesPending < 0 {
 		return c, fmt.Errorf("%w: MaxWritesPending: %d is negative", ErrInvalidConfig, c.MaxWritesPending)
@@ -470,6 +482,17 @@ func (b *Broker) Start(ctx context.Context) error {
 		}
 		return errors.New("broker: already started")
 	}
+	if b.cfg.IdleAfter > 0 {
+		p, err := idleconn.NewPoller(b.cfg.IdleAfter)
+		switch {
+		case errors.Is(err, idleconn.ErrUnsupported):
+			b.log.Info("idle connections keep their goroutines", "reason", err)
+		case err != nil:
+			return fmt.Errorf("broker: %w", err)
+		default:
+			b.poller.Store(p)
+		}
+	}
 	var lc net.ListenConfig
 	for _, a := range b.cfg.addrs() {
 		ln, err := lc.Listen(ctx, "tcp", a.addr)
@@ -492,6 +515,7 @@ func (b *Broker) Start(ctx context.Context) error {
 			closed:         make(chan struct{}),
 			served:         make(chan struct{}),
 			closeClients:   b.closeListenerClients,
+			poller:         b.poller.Load(),
 		}
 		if a.name == ListenerTLS || a.name == ListenerWSS {
 			l.tlsCfg = b.tlsCfg
@@ -742,6 +766,11 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		if err := waitCtx(ctx, func() { <-l.served }); err != nil && len(errs) == 0 {
 			errs = append(errs, fmt.Errorf("stopping listener %s: %w", l.id, err))
 		}
+	}
+	if p := b.poller.Load(); p != nil && len(errs) == 0 {
+		// Every client is closed (which resumed the parked ones); a
+		// shutdown that timed out leaves the poller to the process exit.
+		_ = p.Close()
 	}
 	if len(errs) > 0 {
 		b.shutErr = fmt.Errorf("broker: shutdown: %w", errors.Join(errs...))

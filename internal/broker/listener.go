@@ -12,6 +12,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/fieldhub/fieldhub/internal/idleconn"
 )
 
 // WSPath is the HTTP path of the WebSocket listeners.
@@ -34,6 +36,8 @@ type listener struct {
 	// closeClients disconnects this listener's clients; it stands in for
 	// the CloseFn mochi passes to Close (see Broker.closeListenerClients).
 	closeClients func(listenerID string)
+	// poller parks idle TCP and TLS connections; nil: they never park.
+	poller *idleconn.Poller
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed by stopAccepting
@@ -89,9 +93,14 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		backoff = 0
+		conn = l.poller.Wrap(conn)
 		_ = conn.SetDeadline(time.Now().Add(l.connectTimeout)) // mochi moves it to the keepalive after CONNECT
 		if l.tlsCfg != nil {
-			conn = tls.Server(conn, l.tlsCfg)
+			if pc, ok := conn.(*idleconn.Conn); ok {
+				conn = idleconn.NewTLSConn(pc, l.tlsCfg)
+			} else {
+				conn = tls.Server(conn, l.tlsCfg)
+			}
 		}
 		go l.run(conn)
 	}

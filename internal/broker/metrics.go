@@ -8,6 +8,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/system"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fieldhub/fieldhub/internal/idleconn"
 	"github.com/fieldhub/fieldhub/topic"
 )
 
@@ -31,7 +32,7 @@ type metrics struct {
 	qosDropped    atomic.Int64
 }
 
-func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, info *system.Info, poller *atomic.Pointer[idleconn.Poller]) (*metrics, error) {
 	m := &metrics{
 		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "fieldhub_mqtt_connections",
@@ -88,6 +89,7 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 		m.connections, m.connects, m.refusals, m.aclDenials, received,
 		m.ingestLatency, m.ingestPending, m.ingestRefused, m.ingestFailed,
 		&dropCollector{info: info, qos: &m.qosDropped},
+		&parkCollector{poller: poller},
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
@@ -132,5 +134,36 @@ func (c *dropCollector) Collect(ch chan<- prometheus.Metric) {
 		{DropQoS, c.qos.Load()},
 	} {
 		ch <- prometheus.MustNewConstMetric(dropDesc, prometheus.CounterValue, float64(d.v), d.reason)
+	}
+}
+
+var (
+	parkedDesc = prometheus.NewDesc("fieldhub_mqtt_connections_parked",
+		"TCP and TLS connections idle without a goroutine, watched by epoll until their next packet.", nil, nil)
+	resumesDesc = prometheus.NewDesc("fieldhub_mqtt_connection_resumes_total",
+		"Parked connections resumed, by cause (readable, deadline: keepalive passed, closed).", []string{"cause"}, nil)
+)
+
+// parkCollector exports the idle-connection poller's state. poller points
+// at Broker.poller, set by Start (before any connection can park).
+type parkCollector struct {
+	poller *atomic.Pointer[idleconn.Poller]
+}
+
+func (c *parkCollector) Describe(ch chan<- *prometheus.Desc) { ch <- parkedDesc; ch <- resumesDesc }
+
+func (c *parkCollector) Collect(ch chan<- prometheus.Metric) {
+	var parked int64
+	var readable, deadline, closed uint64
+	if p := c.poller.Load(); p != nil {
+		parked = p.Parked()
+		readable, deadline, closed = p.Resumes()
+	}
+	ch <- prometheus.MustNewConstMetric(parkedDesc, prometheus.GaugeValue, float64(parked))
+	for _, r := range []struct {
+		cause string
+		v     uint64
+	}{{"readable", readable}, {"deadline", deadline}, {"closed", closed}} {
+		ch <- prometheus.MustNewConstMetric(resumesDesc, prometheus.CounterValue, float64(r.v), r.cause)
 	}
 }
