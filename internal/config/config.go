@@ -72,6 +72,10 @@ type Hub struct {
 	WSAddr string `yaml:"ws_addr"`
 	// WSSAddr is MQTT over WebSocket with TLS (path /mqtt); off unless set.
 	WSSAddr string `yaml:"wss_addr"`
+	// MQTTIdleAfter is how long an MQTT connection (TCP or TLS) may go
+	// without receiving a byte before it parks: it keeps no goroutine
+	// until its next packet. Default 1s; 0 never parks.
+	MQTTIdleAfter Duration `yaml:"mqtt_idle_after"`
 	// HTTPAddr is the REST API listener. Default ":8080".
 	HTTPAddr string `yaml:"http_addr"`
 	// HTTPTLS serves the REST API over TLS with the hub's certificate.
@@ -169,6 +173,7 @@ func Default() Hub {
 		Data:                  "./fieldhub-data",
 		MQTTSAddr:             ":8883",
 		HTTPAddr:              ":8080",
+		MQTTIdleAfter:         Duration(time.Second),
 		MaxPayloadBytes:       64 << 10,
 		MaxPointsPerMessage:   1000,
 		DedupWindow:           1024,
@@ -307,6 +312,7 @@ var Settings = []Setting{
 	{Key: "mqtts_addr", Env: "FIELDHUB_MQTTS_ADDR", Usage: `MQTT over TLS listener address ("off" to disable)`, Set: str(func(c *Hub) *string { return &c.MQTTSAddr })},
 	{Key: "ws_addr", Env: "FIELDHUB_WS_ADDR", Usage: "plain MQTT over WebSocket listener address, path /mqtt (off unless set)", Set: str(func(c *Hub) *string { return &c.WSAddr })},
 	{Key: "wss_addr", Env: "FIELDHUB_WSS_ADDR", Usage: "MQTT over secure WebSocket listener address, path /mqtt (off unless set)", Set: str(func(c *Hub) *string { return &c.WSSAddr })},
+	{Key: "mqtt_idle_after", Env: "FIELDHUB_MQTT_IDLE_AFTER", Usage: "idle time after which an MQTT connection parks without a goroutine (0: never)", Set: duration(func(c *Hub) *Duration { return &c.MQTTIdleAfter })},
 	{Key: "http_addr", Env: "FIELDHUB_HTTP_ADDR", Usage: "REST API listener address", Set: str(func(c *Hub) *string { return &c.HTTPAddr })},
 	{Key: "http_tls", Env: "FIELDHUB_HTTP_TLS", Bool: true, Usage: "serve the REST API over TLS", Set: boolean(func(c *Hub) *bool { return &c.HTTPTLS })},
 	{Key: "insecure_open_policy", Env: "FIELDHUB_INSECURE_OPEN_POLICY", Bool: true, Usage: "allow anonymous clients on any topic (loopback listeners only)", Set: boolean(func(c *Hub) *bool { return &c.InsecureOpenPolicy })},
@@ -388,6 +394,9 @@ func (c *Hub) Validate() error {
 	}
 	if c.DedupWindow < 64 || c.DedupWindow > 1<<16 {
 		return fmt.Errorf("dedup_window: %d out of range [64, 65536]", c.DedupWindow)
+	}
+	if c.MQTTIdleAfter < 0 {
+		return fmt.Errorf("mqtt_idle_after: %s is negative", c.MQTTIdleAfter)
 	}
 	if c.CheckpointInterval < Duration(time.Second) {
 		return fmt.Errorf("checkpoint_interval: %s is shorter than 1s", c.CheckpointInterval)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/internal/broker"
 	"github.com/fieldhub/fieldhub/internal/brokerauth"
+	"github.com/fieldhub/fieldhub/internal/config"
 	"github.com/fieldhub/fieldhub/internal/extbroker"
 	"github.com/fieldhub/fieldhub/internal/store/postgres"
 	"github.com/fieldhub/fieldhub/internal/store/sqlite"
@@ -80,6 +81,7 @@ func (h *Hub) newEmbeddedBroker(serverCert tls.Certificate) error {
 		// Payloads a little over the limit get a reasoned refusal
 		// (too_large); far larger packets are cut off by the broker.
 		MaxPacketSize: uint32(max(256<<10, 2*cfg.MaxPayloadBytes)),
+		IdleAfter:     idleAfter(cfg.MQTTIdleAfter),
 		Logger:        h.log,
 		Registerer:    h.reg,
 	}, h.devices, h.ingester(), h.presence)
@@ -179,4 +181,13 @@ func (h *Hub) hubUsers() []brokerauth.HubUser {
 		return nil
 	}
 	return []brokerauth.HubUser{{Name: h.cfg.ExternalBrokerUsername, Password: h.cfg.ExternalBrokerPassword}}
+}
+
+// idleAfter maps mqtt_idle_after (0: never park) to broker.Config.IdleAfter
+// (0: the default, negative: never).
+func idleAfter(d config.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return time.Duration(d)
 }
