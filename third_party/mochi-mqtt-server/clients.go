@@ -459,9 +459,15 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			_, err = cl.Net.bconn.Peek(1)
 			parker.SetIdleRead(false)
 			if err != nil {
+				// A parked client lends its empty read buffer to the
+				// others; it must let go before Park, since the resumed
+				// reader may run at once.
+				putReader(cl.Net.bconn)
+				cl.Net.bconn = nil
 				if parker.Park(err, cl.resumeRead) {
 					return ErrParked
 				}
+				cl.Net.bconn = getReader(cl.Net.Conn, cl.ops.options.ClientNetReadBufferSize)
 				return err
 			}
 		}
@@ -485,8 +491,25 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 
 // resumeRead is the resume function given to Parker.Park.
 func (cl *Client) resumeRead() {
+	cl.Net.bconn = getReader(cl.Net.Conn, cl.ops.options.ClientNetReadBufferSize)
 	cl.Net.resumed = true
 	cl.Net.resume()
+}
+
+// readers holds the read buffers of parked clients for reuse.
+var readers sync.Pool
+
+func getReader(c net.Conn, size int) *bufio.Reader {
+	if br, ok := readers.Get().(*bufio.Reader); ok && br.Size() == max(size, 16) {
+		br.Reset(c)
+		return br
+	}
+	return bufio.NewReaderSize(c, size)
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readers.Put(br)
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
