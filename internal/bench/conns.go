@@ -22,6 +22,12 @@ type ConnConfig struct {
 	Settle      time.Duration
 	ServerPID   int // the broker's process, for RSS; 0 to skip
 	ClientID    func(i int) string
+	// Keepalive in seconds sent in CONNECT (0: none). The connections
+	// send nothing after CONNECT, so keep it above 2/3 of the run.
+	Keepalive uint16
+	// Settled, when set, is called after the RSS is read, with every
+	// connection still open.
+	Settled func(ctx context.Context) error
 }
 
 // ConnResult is what RunConnections measured.
@@ -109,6 +115,11 @@ func RunConnections(ctx context.Context, cfg ConnConfig) (ConnResult, error) {
 		res.RSSAfter = rss
 		res.PerConn = float64(res.RSSAfter-res.RSSBefore) / float64(cfg.Conns)
 	}
+	if cfg.Settled != nil {
+		if err := cfg.Settled(ctx); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
 }
 
@@ -129,7 +140,7 @@ func idleConnect(ctx context.Context, cfg ConnConfig, id string) (net.Conn, erro
 		}
 		c = tc
 	}
-	if _, err := c.Write(appendConnect(nil, cfg.Protocol, id, "", "", 0)); err != nil {
+	if _, err := c.Write(appendConnect(nil, cfg.Protocol, id, "", "", cfg.Keepalive)); err != nil {
 		c.Close()
 		return nil, err
 	}

@@ -331,7 +331,9 @@ func benchHubConnections(ctx context.Context, kind string, conns, concurrency in
 		return err
 	}
 	defer p.Stop()
-	cfg := bench.ConnConfig{Addr: mqttAddr, Conns: conns, Concurrency: concurrency, Settle: settle, ServerPID: p.PID}
+	// Devices have a keepalive, so each parked connection holds a timer.
+	ka := uint16(min(max(2*settle/time.Second, 300), 65535))
+	cfg := bench.ConnConfig{Addr: mqttAddr, Conns: conns, Concurrency: concurrency, Settle: settle, ServerPID: p.PID, Keepalive: ka}
 	label := "hub, plain TCP"
 	if kind == "tls" {
 		pem, err := os.ReadFile(filepath.Join(dir, "data", "ca.pem"))
@@ -342,12 +344,49 @@ func benchHubConnections(ctx context.Context, kind string, conns, concurrency in
 		pool.AppendCertsFromPEM(pem)
 		cfg.Addr, cfg.TLS, label = mqttsAddr, &tls.Config{RootCAs: pool, ServerName: "localhost"}, "hub, TLS"
 	}
+	api := hub.api()
+	before, err := scrapeMem(ctx, api)
+	if err != nil {
+		return err
+	}
+	var after hubMem
+	cfg.Settled = func(ctx context.Context) error {
+		after, err = scrapeMem(ctx, api)
+		return err
+	}
 	r, err := bench.RunConnections(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("%s: %w", label, err)
 	}
 	r.Table(stdout, label)
+	n := float64(conns) * 1024
+	fmt.Fprintf(stdout, "%-28s heap in use %.2f KiB/conn, stacks %.2f KiB/conn, heap goal %.1f MiB; %d goroutines, %d connections parked\n",
+		"", (after.heap-before.heap)/n, (after.stack-before.stack)/n, after.goal/(1<<20), int(after.goroutines), int(after.parked))
 	return nil
+}
+
+// hubMem is the hub's Go runtime memory, from its /metrics.
+type hubMem struct{ heap, stack, goal, goroutines, parked float64 }
+
+func scrapeMem(ctx context.Context, api *apiClient) (hubMem, error) {
+	var m hubMem
+	for _, f := range []struct {
+		name string
+		v    *float64
+	}{
+		{"go_memstats_heap_inuse_bytes", &m.heap},
+		{"go_memstats_stack_inuse_bytes", &m.stack},
+		{"go_memstats_next_gc_bytes", &m.goal},
+		{"go_goroutines", &m.goroutines},
+		{"fieldhub_mqtt_connections_parked", &m.parked},
+	} {
+		v, err := scrapeCounter(ctx, api, f.name, "")
+		if err != nil {
+			return m, fmt.Errorf("hub metrics: %w", err)
+		}
+		*f.v = v
+	}
+	return m, nil
 }
 
 func benchSpoolCmd(stdout io.Writer) *cobra.Command {
