@@ -127,12 +127,12 @@ type ClientConnection struct {
 	resumed bool
 }
 
-// ErrParked is returned by Client.Read when the connection was handed to a
+// ErrParked (fieldhub) is returned by Client.Read when the connection was handed to a
 // Parker's poller while idle: reading continues on a new goroutine later.
 var ErrParked = errors.New("connection parked while idle")
 
 // Parker is implemented by connections that can wait for their next packet
-// without holding a goroutine (fieldhub addition). Before reading a packet
+// without holding a goroutine (fieldhub). Before reading a packet
 // with nothing buffered, Client.Read turns on idle reads and peeks: a
 // connection that stays idle then ends the read early with an error, and
 // Read offers that error to Park.
@@ -237,7 +237,7 @@ func (cl *Client) WriteLoop() {
 	}
 }
 
-// enqueue queues pk for the writer and reports whether there was room
+// enqueue (fieldhub) queues pk for the writer and reports whether there was room
 // (MaximumClientWritesPending), starting a writer when none runs.
 func (cl *Client) enqueue(pk *packets.Packet) bool {
 	cl.State.outMu.Lock()
@@ -257,7 +257,7 @@ func (cl *Client) enqueue(pk *packets.Packet) bool {
 	return true
 }
 
-// drainOutbound writes queued packets in order until the queue is empty.
+// drainOutbound (fieldhub) writes queued packets in order until the queue is empty.
 // At most one runs per client (the writing flag).
 func (cl *Client) drainOutbound() {
 	for {
@@ -437,6 +437,9 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
+//
+// fieldhub: on a Parker connection Read returns ErrParked while the client
+// is idle, and the client's resume function reads on.
 func (cl *Client) Read(packetHandler ReadFn) error {
 	var err error
 	parker, _ := cl.Net.Conn.(Parker)
@@ -489,14 +492,14 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 	}
 }
 
-// resumeRead is the resume function given to Parker.Park.
+// resumeRead (fieldhub) is the resume function given to Parker.Park.
 func (cl *Client) resumeRead() {
 	cl.Net.bconn = getReader(cl.Net.Conn, cl.ops.options.ClientNetReadBufferSize)
 	cl.Net.resumed = true
 	cl.Net.resume()
 }
 
-// readers holds the read buffers of parked clients for reuse.
+// readers (fieldhub) holds the read buffers of parked clients for reuse.
 var readers sync.Pool
 
 func getReader(c net.Conn, size int) *bufio.Reader {
