@@ -3,10 +3,12 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,4 +141,101 @@ func BenchmarkTelemetryQoS1(b *testing.B) {
 	wg.Wait()
 	b.StopTimer()
 	b.ReportMetric(float64(per*clients)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkIdleWake measures the broker's cost per QoS 1 publish from
+// devices that are idle between messages: 200 connections publish in turn,
+// one message in flight at a time, so each connection waits about 200
+// round trips between its messages — longer than IdleAfter (1 ms) in the
+// "parked" case, which therefore wakes a parked connection per message and
+// parks it again; "goroutine" keeps a reader per connection (IdleAfter < 0).
+// Besides ns/op it reports the process's CPU per message (client included:
+// compare the two cases).
+func BenchmarkIdleWake(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		idle time.Duration
+	}{{"parked", time.Millisecond}, {"goroutine", -1}} {
+		b.Run(c.name, func(b *testing.B) {
+			const conns = 200
+			br, err := New(Config{TCPAddr: "127.0.0.1:0", OpenPolicy: true, IdleAfter: c.idle, Logger: testLogger()}, nil, nopIngester{}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := br.Start(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+				defer cancel()
+				_ = br.Shutdown(ctx)
+			}()
+			type client struct {
+				conn net.Conn
+				r    *bufio.Reader
+			}
+			cs := make([]client, conns)
+			for i := range cs {
+				conn, err := net.Dial("tcp", br.Addr("tcp").String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer conn.Close()
+				var buf bytes.Buffer
+				cp := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+					Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: fmt.Sprintf("wake-%d", i)}}
+				_ = cp.ConnectEncode(&buf)
+				if _, err := conn.Write(buf.Bytes()); err != nil {
+					b.Fatal(err)
+				}
+				cs[i] = client{conn: conn, r: bufio.NewReader(conn)}
+				if _, err := io.ReadFull(cs[i].r, make([]byte, 4)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			msgs := make([][]byte, conns)
+			for i := range msgs {
+				var buf bytes.Buffer
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4,
+					TopicName: topic.Telemetry(fmt.Sprintf("wake-%d", i)), PacketID: 1, Payload: []byte(`{"t":21.5}`)}
+				_ = pk.PublishEncode(&buf)
+				msgs[i] = buf.Bytes()
+			}
+			ack := make([]byte, 4)
+			time.Sleep(10 * time.Millisecond) // let them park
+			cpu0 := processCPU()
+			b.ResetTimer()
+			for n := range b.N {
+				c := cs[n%conns]
+				if _, err := c.conn.Write(msgs[n%conns]); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c.r, ack); err != nil || ack[0] != 0x40 {
+					b.Fatalf("puback: %x, %v", ack, err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
+			if c.idle > 0 {
+				b.ReportMetric(testutilResumes(br)/float64(b.N), "wakes/msg")
+			}
+		})
+	}
+}
+
+// nopIngester completes every ingest at once.
+type nopIngester struct{}
+
+func (nopIngester) Ingest(_ string, _ []byte, done func(error)) { done(nil) }
+
+// processCPU is the user + system CPU time of this process so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func testutilResumes(b *Broker) float64 {
+	r, _, _ := b.poller.Load().Resumes()
+	return float64(r)
 }
