@@ -24,6 +24,7 @@ package idleconn
 import (
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -53,15 +54,21 @@ func IsIdle(err error) bool { return errors.Is(err, errIdle) }
 // and the deadline setters may be called from any goroutine.
 type Conn struct {
 	net.Conn
-	p  *Poller
-	fd int
+	p   *Poller
+	fd  int
+	raw syscall.RawConn
 
 	idleRead  bool        // the reader's own
 	shortened atomic.Bool // the read deadline is the idle one, not dl
 
-	mu      sync.Mutex
-	dl      time.Time // read deadline set by the user
-	parked  bool
+	mu       sync.Mutex
+	dl       time.Time // read deadline set by the user
+	parked   bool
+	parkedAt time.Time
+	// sparse: the last park lasted at least the idle period, so the peer
+	// sends rarely; its next idle read parks at once when nothing waits
+	// instead of holding the reader for the idle period first.
+	sparse  bool
 	closed  bool
 	inEpoll bool   // fd is (or may be) in the epoll set
 	resume  func() // set while parked
@@ -101,9 +108,19 @@ func (c *Conn) Read(b []byte) (int, error) {
 		return c.Conn.Read(b)
 	}
 	c.mu.Lock()
-	dl := c.dl
+	dl, sparse := c.dl, c.sparse
 	c.mu.Unlock()
-	idleAt := time.Now().Add(c.p.idle)
+	now := time.Now()
+	if sparse && (dl.IsZero() || now.Before(dl)) {
+		if c.shortened.Load() {
+			c.restoreDeadline() // a raw read honours the deadline too
+		}
+		if n, err, wouldBlock := c.readNow(b); !wouldBlock {
+			return n, err
+		}
+		return 0, errIdle
+	}
+	idleAt := now.Add(c.p.idle)
 	if !dl.IsZero() && !idleAt.Before(dl) {
 		if c.shortened.Load() {
 			c.restoreDeadline()
@@ -119,6 +136,30 @@ func (c *Conn) Read(b []byte) (int, error) {
 		return 0, errIdle
 	}
 	return n, err
+}
+
+// readNow reads what has arrived without waiting; wouldBlock reports that
+// nothing had.
+func (c *Conn) readNow(b []byte) (n int, err error, wouldBlock bool) {
+	rerr := c.raw.Read(func(fd uintptr) bool {
+		for {
+			n, err = syscall.Read(int(fd), b)
+			if err != syscall.EINTR {
+				return true
+			}
+		}
+	})
+	switch {
+	case rerr != nil:
+		return 0, rerr, false
+	case err == syscall.EAGAIN:
+		return 0, nil, true
+	case err != nil:
+		return 0, os.NewSyscallError("read", err), false
+	case n == 0 && len(b) > 0:
+		return 0, io.EOF, false
+	}
+	return n, nil, false
 }
 
 // restoreDeadline puts back the user's read deadline after idle reads.
@@ -207,6 +248,7 @@ func (c *Conn) wake(why string) {
 		return
 	}
 	c.parked = false
+	c.sparse = why == "readable" && time.Since(c.parkedAt) >= c.p.idle
 	resume := c.resume
 	c.resume = nil
 	if c.timer != nil {
@@ -214,7 +256,7 @@ func (c *Conn) wake(why string) {
 	}
 	c.mu.Unlock()
 	c.p.unparked(c, why)
-	go resume()
+	c.p.dispatch(resume)
 }
 
 // sysConn is what a connection needs for its descriptor.
@@ -223,18 +265,18 @@ type sysConn interface {
 }
 
 // descriptor returns the file descriptor of c, or false when it has none.
-func descriptor(c net.Conn) (int, bool) {
+func descriptor(c net.Conn) (int, syscall.RawConn, bool) {
 	sc, ok := c.(sysConn)
 	if !ok {
-		return 0, false
+		return 0, nil, false
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return 0, false
+		return 0, nil, false
 	}
 	fd := -1
 	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil || fd < 0 {
-		return 0, false
+		return 0, nil, false
 	}
-	return fd, true
+	return fd, raw, true
 }

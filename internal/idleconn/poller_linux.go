@@ -25,8 +25,15 @@ type Poller struct {
 	byFD   map[int]*Conn // parked connections by descriptor
 	closed bool
 
-	done chan struct{} // closed when the loop has returned
+	tasks chan func()   // resumes handed to an idle worker
+	quit  chan struct{} // closed by Close: idle workers exit
+	done  chan struct{} // closed when the loop has returned
 }
+
+// workerIdle is how long a worker goroutine waits for another resume
+// before it exits. Reusing workers saves creating a goroutine and growing
+// its stack again for every wake-up.
+const workerIdle = 2 * time.Second
 
 // NewPoller starts a poller that parks connections idle for longer than
 // idle. The caller stops it with Close.
@@ -56,6 +63,8 @@ func NewPoller(idle time.Duration) (*Poller, error) {
 		wakeR: pipe[0],
 		wakeW: pipe[1],
 		byFD:  make(map[int]*Conn),
+		tasks: make(chan func()),
+		quit:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
 	go p.loop()
@@ -68,11 +77,11 @@ func (p *Poller) Wrap(c net.Conn) net.Conn {
 	if p == nil {
 		return c
 	}
-	fd, ok := descriptor(c)
+	fd, raw, ok := descriptor(c)
 	if !ok {
 		return c
 	}
-	return &Conn{Conn: c, p: p, fd: fd}
+	return &Conn{Conn: c, p: p, fd: fd, raw: raw}
 }
 
 // Parked returns the number of connections parked now.
@@ -95,6 +104,7 @@ func (p *Poller) Close() error {
 	}
 	p.closed = true
 	p.mu.Unlock()
+	close(p.quit)
 	_, _ = unix.Write(p.wakeW, []byte{0})
 	<-p.done
 	unix.Close(p.wakeR)
@@ -110,7 +120,7 @@ func (p *Poller) park(c *Conn, resume func()) bool {
 	if c.closed {
 		// Closed between the idle read and now: let the reader see it.
 		p.counts[2].Add(1)
-		go resume()
+		p.dispatch(resume)
 		return true
 	}
 	p.mu.Lock()
@@ -144,7 +154,7 @@ func (p *Poller) park(c *Conn, resume func()) bool {
 		return false // the reader goes on with the idle error
 	}
 	c.inEpoll = true
-	c.parked, c.resume = true, resume
+	c.parked, c.resume, c.parkedAt = true, resume, time.Now()
 	p.parked.Add(1)
 	c.armTimerLocked()
 	return true
@@ -200,6 +210,32 @@ func (p *Poller) loop() {
 				// nothing, and parks again.
 				c.wake("readable")
 			}
+		}
+	}
+}
+
+// dispatch runs resume on an idle worker, or on a new one when none waits.
+func (p *Poller) dispatch(resume func()) {
+	select {
+	case p.tasks <- resume:
+	default:
+		go p.worker(resume)
+	}
+}
+
+// worker runs resumes until none comes for workerIdle or the poller closes.
+func (p *Poller) worker(resume func()) {
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	for {
+		resume()
+		t.Reset(workerIdle)
+		select {
+		case resume = <-p.tasks:
+		case <-t.C:
+			return
+		case <-p.quit:
+			return
 		}
 	}
 }

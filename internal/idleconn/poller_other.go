@@ -28,3 +28,4 @@ func (p *Poller) Close() error { return nil }
 func (p *Poller) park(*Conn, func()) bool { return false }
 func (p *Poller) unparked(*Conn, string)  {}
 func (p *Poller) forget(*Conn)            {}
+func (p *Poller) dispatch(f func())       { go f() }
