@@ -8,9 +8,12 @@
 // (SetIdleRead); when no byte arrives for the Poller's idle period, Read
 // ends with an idle error instead of waiting on, and Park hands the
 // connection to the Poller, which watches it with epoll and calls the
-// reader's resume function on a new goroutine when the connection is
+// reader's resume function on another goroutine when the connection is
 // readable, is closed, or passes its read deadline. The reader's goroutine
-// returns in between, so a parked connection costs only its heap.
+// returns in between, so a parked connection costs only its heap. Resumes
+// run on worker goroutines that wait a while for the next one, and a
+// connection that stayed parked longer than the idle period parks again as
+// soon as it has nothing to read.
 //
 // Conn satisfies the Parker interface of fieldhub's copy of mochi-mqtt
 // (third_party/mochi-mqtt-server); TLSConn does the same for a *tls.Conn
@@ -99,7 +102,10 @@ func (c *Conn) SetIdleRead(on bool) { c.idleRead = on }
 
 // Read reads from the connection. In idle-read mode a read that waits longer
 // than the idle period, and not past the read deadline, ends with an error
-// for which IsIdle reports true.
+// for which IsIdle reports true; if the connection's last park outlasted
+// the idle period (a peer that sends rarely), it ends so at once when
+// nothing has arrived, rather than keeping its reader for the idle period
+// first.
 func (c *Conn) Read(b []byte) (int, error) {
 	if !c.idleRead {
 		if c.shortened.Load() {
@@ -115,7 +121,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 		if c.shortened.Load() {
 			c.restoreDeadline() // a raw read honours the deadline too
 		}
-		if n, err, wouldBlock := c.readNow(b); !wouldBlock {
+		if n, wouldBlock, err := c.readNow(b); !wouldBlock {
 			return n, err
 		}
 		return 0, errIdle
@@ -140,7 +146,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 
 // readNow reads what has arrived without waiting; wouldBlock reports that
 // nothing had.
-func (c *Conn) readNow(b []byte) (n int, err error, wouldBlock bool) {
+func (c *Conn) readNow(b []byte) (n int, wouldBlock bool, err error) {
 	rerr := c.raw.Read(func(fd uintptr) bool {
 		for {
 			n, err = syscall.Read(int(fd), b)
@@ -151,15 +157,15 @@ func (c *Conn) readNow(b []byte) (n int, err error, wouldBlock bool) {
 	})
 	switch {
 	case rerr != nil:
-		return 0, rerr, false
+		return 0, false, rerr
 	case err == syscall.EAGAIN:
-		return 0, nil, true
+		return 0, true, nil
 	case err != nil:
-		return 0, os.NewSyscallError("read", err), false
+		return 0, false, os.NewSyscallError("read", err)
 	case n == 0 && len(b) > 0:
-		return 0, io.EOF, false
+		return 0, false, io.EOF
 	}
-	return n, nil, false
+	return n, false, nil
 }
 
 // restoreDeadline puts back the user's read deadline after idle reads.
@@ -195,7 +201,7 @@ func (c *Conn) setReadDeadline(t time.Time) {
 }
 
 // Park hands the connection to the poller if err ends an idle read, and
-// reports whether it did. resume is then called exactly once, on a new
+// reports whether it did. resume is then called exactly once, on another
 // goroutine, when the connection is readable, closed, or past its read
 // deadline; the reader must return without touching the connection.
 func (c *Conn) Park(err error, resume func()) bool {
