@@ -299,7 +299,7 @@ and the connect rate. A process here is capped near 20,000 descriptors, so measu
 				if err != nil {
 					return fmt.Errorf("bare mochi: %w", err)
 				}
-				r.Table(stdout, "bare mochi-mqtt, plain TCP")
+				r.Table(stdout, "bare mochi, no parking, TCP")
 			}
 			return nil
 		},
@@ -309,7 +309,7 @@ and the connect rate. A process here is capped near 20,000 descriptors, so measu
 	f.IntVar(&concurrency, "concurrency", 64, "connects in flight")
 	f.DurationVar(&settle, "settle", 3*time.Second, "wait before reading RSS")
 	f.BoolVar(&withTLS, "tls", true, "also measure TLS connections")
-	f.BoolVar(&bare, "baseline", true, "also measure the bare mochi-mqtt broker")
+	f.BoolVar(&bare, "baseline", true, "also measure the bare mochi-mqtt broker (fieldhub's copy; its own listener, so connections never park)")
 	return cmd
 }
 
