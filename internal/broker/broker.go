@@ -475,7 +475,7 @@ func isLoopbackAddr(addr string) bool {
 
 // Start binds every configured listener and starts serving. It returns the
 // first bind error (closing whatever it had bound); it may be called once.
-func (b *Broker) Start(ctx context.Context) error {
+func (b *Broker) Start(ctx context.Context) (err error) {
 	if !b.state.CompareAndSwap(stateNew, stateRunning) {
 		if b.state.Load() == stateStopping {
 			return ErrClosed
@@ -491,6 +491,12 @@ func (b *Broker) Start(ctx context.Context) error {
 			return fmt.Errorf("broker: %w", err)
 		default:
 			b.poller.Store(p)
+			defer func() {
+				if err != nil {
+					_ = p.Close()
+					b.poller.Store(nil)
+				}
+			}()
 		}
 	}
 	var lc net.ListenConfig

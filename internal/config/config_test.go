@@ -78,6 +78,7 @@ func TestLoadBad(t *testing.T) {
 		{"log level", "log_level: loud\n", "log_level"},
 		{"log format", "log_format: xml\n", "log_format"},
 		{"dedup window", "dedup_window: 3\n", "dedup_window"},
+		{"idle after", "mqtt_idle_after: -1s\n", "mqtt_idle_after"},
 		{"payload limit", "max_payload_bytes: 1\n", "max_payload_bytes"},
 		{"key in data", "data: /tmp/fh\nmaster_key_file: /tmp/fh/master.key\n", "master_key_file"},
 		{"hostname", "hostnames: ['a b']\n", "hostnames[0]"},
