@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 )
 
 const idle = 20 * time.Millisecond
@@ -55,6 +57,19 @@ func (s *lineServer) run() {
 	}
 }
 
+// wantEnd waits for the server to end with want after what happened.
+func (s *lineServer) wantEnd(t *testing.T, want error, what string) {
+	t.Helper()
+	select {
+	case err := <-s.ended:
+		if !errors.Is(err, want) {
+			t.Errorf("after %s: ended with %v; want %v", what, err, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not resume the parked reader", what)
+	}
+}
+
 func newPoller(t *testing.T) *Poller {
 	t.Helper()
 	p, err := NewPoller(idle)
@@ -89,17 +104,6 @@ func pair(t *testing.T, p *Poller) (net.Conn, *Conn) {
 	return cli, c
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func echo(t *testing.T, cli net.Conn, r *bufio.Reader, msg string) {
 	t.Helper()
 	_ = cli.SetDeadline(time.Now().Add(5 * time.Second))
@@ -118,11 +122,11 @@ func TestParkResume(t *testing.T) {
 	serveLines(c)
 	r := bufio.NewReader(cli)
 	for i := range 5 {
-		waitFor(t, "parked", func() bool { return p.Parked() == 1 })
+		fhtest.Eventually(t, 5*time.Second, "parked", func() bool { return p.Parked() == 1 })
 		echo(t, cli, r, fmt.Sprint("line ", i))
 	}
 	// A line split across a park.
-	waitFor(t, "parked", func() bool { return p.Parked() == 1 })
+	fhtest.Eventually(t, 5*time.Second, "parked", func() bool { return p.Parked() == 1 })
 	io.WriteString(cli, "first half, ")
 	time.Sleep(5 * idle)
 	io.WriteString(cli, "second half\n")
@@ -169,29 +173,15 @@ func TestParkedClose(t *testing.T) {
 	// Closed by the server while parked.
 	_, c := pair(t, p)
 	s := serveLines(c)
-	waitFor(t, "parked", func() bool { return p.Parked() == 1 })
+	fhtest.Eventually(t, 5*time.Second, "parked", func() bool { return p.Parked() == 1 })
 	c.Close()
-	select {
-	case err := <-s.ended:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Errorf("ended with %v; want net.ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("close did not resume the parked reader")
-	}
+	s.wantEnd(t, net.ErrClosed, "close")
 	// Closed by the client while parked.
 	cli, c2 := pair(t, p)
 	s2 := serveLines(c2)
-	waitFor(t, "parked", func() bool { return p.Parked() == 1 })
+	fhtest.Eventually(t, 5*time.Second, "parked", func() bool { return p.Parked() == 1 })
 	cli.Close()
-	select {
-	case err := <-s2.ended:
-		if !errors.Is(err, io.EOF) {
-			t.Errorf("ended with %v; want EOF", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("peer close did not resume the parked reader")
-	}
+	s2.wantEnd(t, io.EOF, "peer close")
 	if p.Parked() != 0 {
 		t.Errorf("parked = %d", p.Parked())
 	}
