@@ -12,7 +12,8 @@ import (
 )
 
 // Poller watches parked connections with one epoll instance and one
-// goroutine, which Close stops.
+// goroutine, and runs their resumes on worker goroutines that exit after
+// workerIdle without work. Close stops the loop and idle workers.
 type Poller struct {
 	idle   time.Duration
 	epfd   int
