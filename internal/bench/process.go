@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -357,8 +359,32 @@ func writeMosquittoAuth(ctx context.Context, dir, mosquittoPath string, devs []D
 }
 
 // FreePort returns a loopback address with a port that was free a moment
-// ago, for a broker process that needs a concrete port.
+// ago, for a server process that needs a concrete port. The port is taken
+// below the kernel's ephemeral range when there is room: a port from that
+// range can be given to an outgoing connection as its source port before
+// the server binds it ("address already in use"). Ports handed out are not
+// handed out again by this process.
 func FreePort() (string, error) {
+	freePorts.Lock()
+	defer freePorts.Unlock()
+	if lo := ephemeralLow(); lo > 11000 {
+		for range 200 {
+			port := 10000 + rand.IntN(lo-10000)
+			if freePorts.given[port] {
+				continue
+			}
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				continue
+			}
+			addr := ln.Addr().String()
+			if err := ln.Close(); err != nil {
+				return "", fmt.Errorf("finding a free port: %w", err)
+			}
+			freePorts.given[port] = true
+			return addr, nil
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", fmt.Errorf("finding a free port: %w", err)
@@ -368,6 +394,26 @@ func FreePort() (string, error) {
 		return "", fmt.Errorf("finding a free port: %w", err)
 	}
 	return addr, nil
+}
+
+var freePorts = struct {
+	sync.Mutex
+	given map[int]bool
+}{given: map[int]bool{}}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux),
+// or 0 when unknown.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	lo, _ := strconv.Atoi(f[0])
+	return lo
 }
 
 // tail is an io.Writer that keeps the last max bytes written to it.

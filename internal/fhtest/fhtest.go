@@ -5,13 +5,14 @@ package fhtest
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fieldhub/fieldhub/internal/bench"
 )
 
 var (
@@ -44,12 +45,11 @@ func Binary(t testing.TB) string {
 // FreePort returns a loopback address with a port free a moment ago.
 func FreePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := bench.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // Eventually polls cond every 20 ms until it holds, failing the test

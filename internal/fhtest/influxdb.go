@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -16,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fieldhub/fieldhub/internal/bench"
 )
 
 // InfluxServer is an InfluxDB 1.x server (Debian's influxd) started in a
@@ -89,8 +90,8 @@ func StartInfluxDB(ctx context.Context) (*InfluxServer, error) {
 	s := &InfluxServer{Dir: dir, bin: bin, conf: filepath.Join(dir, "influxdb.conf")}
 	var lastErr error
 	for range 3 {
-		httpAddr, err1 := freeLoopback()
-		rpcAddr, err2 := freeLoopback()
+		httpAddr, err1 := bench.FreePort()
+		rpcAddr, err2 := bench.FreePort()
 		if err := errors.Join(err1, err2); err != nil {
 			os.RemoveAll(dir)
 			return nil, err
@@ -111,15 +112,6 @@ func StartInfluxDB(ctx context.Context) (*InfluxServer, error) {
 	}
 	os.RemoveAll(dir)
 	return nil, lastErr
-}
-
-func freeLoopback() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // Resume starts the server process again after Halt, on the same ports
