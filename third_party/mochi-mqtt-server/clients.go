@@ -127,8 +127,9 @@ type ClientConnection struct {
 	resumed bool
 }
 
-// ErrParked (fieldhub) is returned by Client.Read when the connection was handed to a
-// Parker's poller while idle: reading continues on a new goroutine later.
+// ErrParked (fieldhub) is returned by Client.Read when the connection was
+// handed to a Parker's poller while idle: reading goes on later, on another
+// goroutine.
 var ErrParked = errors.New("connection parked while idle")
 
 // Parker is implemented by connections that can wait for their next packet
