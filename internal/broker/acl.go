@@ -36,7 +36,7 @@ func boundsDenial(err error) string { return acl.BoundsDenial(err) }
 // with a BatchIngester, gateway answers bounded by gatewayCheckTimeout.
 // (A pointer in the interface: no allocation on the ACL path.)
 func (b *Broker) rules() acl.Rules {
-	r := acl.Rules{Batch: b.batch != nil}
+	r := acl.Rules{Batch: b.ings.Batch != nil}
 	if b.gateways != nil {
 		r.Gateways = (*timeoutGateways)(b)
 	}

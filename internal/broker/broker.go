@@ -248,27 +248,23 @@ const (
 
 // Broker is the embedded MQTT broker. Create it with New, then Start it.
 type Broker struct {
-	cfg       Config
-	auth      Authenticator
-	ing       Ingester
-	batch     BatchIngester    // nil when ing is not one
-	alerts    AlertIngester    // nil when ing is not one
-	responses ResponseIngester // nil when ing is not one
-	twins     TwinIngester     // nil when ing is not one
-	subs      SubscribeWatcher // nil when presence is not one
-	gateways  Gateways         // nil when no device is a gateway
-	presence  Presence
-	log       *slog.Logger
-	server    *mqtt.Server
-	inline    *mqtt.Client // mochi's inline client
-	hook      *hook
-	metrics   *metrics
-	limiter   *rateLimiter
-	slots     *slotTable // pending telemetry and alerts per device
-	bslots    *slotTable // pending batches per gateway
-	tlsCfg    *tls.Config
-	poller    atomic.Pointer[idleconn.Poller] // nil when connections do not park
-	authSem   chan struct{}
+	cfg      Config
+	auth     Authenticator
+	ings     Ingesters        // ing with its optional interfaces
+	subs     SubscribeWatcher // nil when presence is not one
+	gateways Gateways         // nil when no device is a gateway
+	presence Presence
+	log      *slog.Logger
+	server   *mqtt.Server
+	inline   *mqtt.Client // mochi's inline client
+	hook     *hook
+	metrics  *metrics
+	limiter  *rateLimiter
+	slots    *slotTable // pending telemetry and alerts per device
+	bslots   *slotTable // pending batches per gateway
+	tlsCfg   *tls.Config
+	poller   atomic.Pointer[idleconn.Poller] // nil when connections do not park
+	authSem  chan struct{}
 	// authTimeout bounds the wait for an authentication slot plus
 	// Authenticate itself.
 	authTimeout time.Duration
@@ -311,7 +307,6 @@ func New(cfg Config, auth Authenticator, ing Ingester, presence Presence) (*Brok
 	b := &Broker{
 		cfg:         cfg,
 		auth:        auth,
-		ing:         ing,
 		gateways:    cfg.Gateways,
 		presence:    presence,
 		log:         cfg.Logger.With("component", "broker"),
@@ -326,10 +321,7 @@ func New(cfg Config, auth Authenticator, ing Ingester, presence Presence) (*Brok
 		now:         time.Now,
 	}
 	b.limiter = newRateLimiter(cfg.RefusalLogInterval, b.now)
-	b.batch, _ = ing.(BatchIngester)
-	b.alerts, _ = ing.(AlertIngester)
-	b.responses, _ = ing.(ResponseIngester)
-	b.twins, _ = ing.(TwinIngester)
+	b.ings = NewIngesters(ing)
 	b.subs, _ = presence.(SubscribeWatcher)
 
 	caps := mqtt.NewDefaultServerCapabilities()

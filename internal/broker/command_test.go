@@ -61,7 +61,7 @@ func (r codeRefusal) ReasonCode() byte { return r.code }
 func (r codeRefusal) Unwrap() error    { return &payload.Error{Reason: "unknown_command"} }
 
 func withAnswers(a *answerRec) func(*Broker) {
-	return func(b *Broker) { b.responses, b.twins, b.subs = a, a, a }
+	return func(b *Broker) { b.ings.Responses, b.ings.Twins, b.subs = a, a, a }
 }
 
 func TestResponsesAndReportedIngested(t *testing.T) {

@@ -89,12 +89,12 @@ func (g *gwIngester) got() (batches, alerts []ingested) {
 // gateway of dev-b (dev-c stands alone).
 func withGateways(gi *gwIngester) func(*Broker) {
 	return func(b *Broker) {
-		b.batch, b.alerts, b.gateways = gi, gi, fakeGateways{"dev-b": "dev-a"}
+		b.ings.Batch, b.ings.Alerts, b.gateways = gi, gi, fakeGateways{"dev-b": "dev-a"}
 	}
 }
 
 func TestGatewayACL(t *testing.T) {
-	b := &Broker{batch: &gwIngester{}, gateways: fakeGateways{"c1": "gw", "c2": "gw", "x": "other"}}
+	b := &Broker{ings: Ingesters{Batch: &gwIngester{}}, gateways: fakeGateways{"c1": "gw", "c2": "gw", "x": "other"}}
 	pubs := []struct{ device, topic, want string }{
 		{"gw", "devices/gw/batch", ""},
 		{"gw", "devices/gw/telemetry", ""},

@@ -112,7 +112,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// alerts, which would bypass ingest.
 	if pk.Connect.WillFlag {
 		if publishACL(device, pk.Connect.WillTopic) != "" || pk.Connect.WillTopic == topic.Telemetry(device) ||
-			(b.alerts != nil && pk.Connect.WillTopic == topic.Alerts(device)) {
+			(b.ings.Alerts != nil && pk.Connect.WillTopic == topic.Alerts(device)) {
 			return h.refuse(cl, ReasonWillNotAuthorized, codeNotAuthorized, nil)
 		}
 	}
@@ -282,7 +282,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 // delivered late.
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
-	if cl.Net.Inline || b.responses == nil || pk.Connect.Clean {
+	if cl.Net.Inline || b.ings.Responses == nil || pk.Connect.Clean {
 		return
 	}
 	old, ok := b.server.Clients.Get(cl.ID)
@@ -324,50 +324,25 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil
 	}
 	b.metrics.receivedKind(t.Kind)
-	switch t.Kind {
-	case topic.KindTelemetry:
-		if !b.cfg.OpenPolicy && t.Device != cl.ID {
-			return pk, packets.ErrRejectPacket // unreachable: the ACL ran first
-		}
-		return b.ingest(cl, pk, b.slots, t.Device, t.Kind, func(done func(error)) {
-			b.ing.Ingest(t.Device, pk.Payload, done)
-		})
-	case topic.KindBatch:
-		if b.batch == nil {
-			return pk, nil // only under OpenPolicy: the ACL denies it otherwise
-		}
-		if !b.cfg.OpenPolicy && t.Device != cl.ID {
-			return pk, packets.ErrRejectPacket // unreachable: the ACL ran first
-		}
-		return b.ingest(cl, pk, b.bslots, t.Device, t.Kind, func(done func(error)) {
-			b.batch.IngestBatch(t.Device, pk.Payload, done)
-		})
-	case topic.KindAlerts:
-		if b.alerts == nil {
-			return pk, nil
-		}
-		// t.Device is the client's own id or, as the ACL checked, one of
-		// the devices behind it.
-		return b.ingest(cl, pk, b.slots, t.Device, t.Kind, func(done func(error)) {
-			b.alerts.IngestAlert(t.Device, pk.Payload, done)
-		})
-	case topic.KindResponse:
-		if b.responses == nil {
-			return pk, nil
-		}
-		corr := pk.Properties.CorrelationData
-		return b.ingest(cl, pk, b.slots, t.Device, t.Kind, func(done func(error)) {
-			b.responses.IngestResponse(t.Device, t.Rest, corr, pk.Payload, done)
-		})
-	case topic.KindTwinReported:
-		if b.twins == nil {
-			return pk, nil
-		}
-		return b.ingest(cl, pk, b.slots, t.Device, t.Kind, func(done func(error)) {
-			b.twins.IngestReported(t.Device, pk.Payload, done)
-		})
+	call := b.ings.Call(t, pk.Properties.CorrelationData, pk.Payload)
+	if call == nil {
+		// Status, or a kind this broker's Ingester does not take (only
+		// under OpenPolicy for batches: the ACL denies them otherwise).
+		return pk, nil
 	}
-	return pk, nil
+	slots := b.slots
+	switch t.Kind {
+	case topic.KindTelemetry, topic.KindBatch:
+		if !b.cfg.OpenPolicy && t.Device != cl.ID {
+			return pk, packets.ErrRejectPacket // unreachable: the ACL ran first
+		}
+		if t.Kind == topic.KindBatch {
+			slots = b.bslots
+		}
+	}
+	// For alerts, responses and reported state, t.Device is the client's
+	// own id or, as the ACL checked, one of the devices behind it.
+	return b.ingest(cl, pk, slots, t.Device, t.Kind, call)
 }
 
 // OnSessionEstablished counts the connection and marks its device online.

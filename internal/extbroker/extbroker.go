@@ -85,7 +85,7 @@ type StatusFunc func(device string, payload []byte)
 type Client struct {
 	cfg  Config
 	u    *url.URL
-	ing  broker.Ingester
+	ings broker.Ingesters
 	stat StatusFunc
 	log  *slog.Logger
 	m    metrics
@@ -173,7 +173,7 @@ func New(cfg Config, ing broker.Ingester, status StatusFunc) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{cfg: cfg, u: u, ing: ing, stat: status, log: cfg.Logger, done: make(chan struct{}), up: make(chan struct{})}
+	c := &Client{cfg: cfg, u: u, ings: broker.NewIngesters(ing), stat: status, log: cfg.Logger, done: make(chan struct{}), up: make(chan struct{})}
 	byKind := func(name, help string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"kind"})
 	}
@@ -395,31 +395,11 @@ func (c *Client) handle(cl *session, p *packets.Publish, ack func()) {
 	if p.Properties != nil {
 		correlation = p.Properties.CorrelationData
 	}
-	switch t.Kind {
-	case topic.KindTelemetry:
-		c.ing.Ingest(t.Device, p.Payload, done)
+	if call := c.ings.Call(t, correlation, p.Payload); call != nil {
+		call(done)
 		return
-	case topic.KindBatch:
-		if bi, ok := c.ing.(broker.BatchIngester); ok {
-			bi.IngestBatch(t.Device, p.Payload, done)
-			return
-		}
-	case topic.KindAlerts:
-		if ai, ok := c.ing.(broker.AlertIngester); ok {
-			ai.IngestAlert(t.Device, p.Payload, done)
-			return
-		}
-	case topic.KindResponse:
-		if ri, ok := c.ing.(broker.ResponseIngester); ok {
-			ri.IngestResponse(t.Device, t.Rest, correlation, p.Payload, done)
-			return
-		}
-	case topic.KindTwinReported:
-		if ti, ok := c.ing.(broker.TwinIngester); ok {
-			ti.IngestReported(t.Device, p.Payload, done)
-			return
-		}
-	case topic.KindStatus:
+	}
+	if t.Kind == topic.KindStatus {
 		if c.stat != nil {
 			c.stat(t.Device, p.Payload)
 		}
