@@ -15,16 +15,12 @@ import (
 	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
-const commandColumns = `seq, id, device, name, params, state, created_at, expires_at,
-	sent_at, attempts, completed_at, result, error`
+const commandColumns = sqlrow.CommandColumns
 
 // CreateCommand stores a new command; store.ErrExists when c.ID is taken.
 func (db *DB) CreateCommand(ctx context.Context, c store.Command) error {
-	_, err := db.pool.Exec(ctx, `INSERT INTO commands
-		(id, device, name, params, state, created_at, expires_at, sent_at, attempts, completed_at, result, error)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-		c.ID, c.Device, c.Name, string(c.Params), string(c.State), sqlrow.UnixNano(c.CreatedAt), sqlrow.UnixNano(c.ExpiresAt),
-		sqlrow.UnixNano(c.SentAt), c.Attempts, sqlrow.UnixNano(c.CompletedAt), nullJSON(c.Result), c.Error)
+	_, err := db.pool.Exec(ctx, `INSERT INTO commands (`+sqlrow.NewCommandColumns+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, sqlrow.CommandArgs(c)...)
 	if isCode(err, codeUniqueViolation) {
 		return fmt.Errorf("postgres: command %q: %w", c.ID, store.ErrExists)
 	}
@@ -137,7 +133,7 @@ func (db *DB) UpdateCommand(ctx context.Context, c store.Command, from ...store.
 			RETURNING 1)
 		SELECT EXISTS (SELECT 1 FROM upd), (SELECT state FROM commands WHERE id = $1)`,
 		c.ID, states, string(c.State), sqlrow.UnixNano(c.SentAt), c.Attempts, sqlrow.UnixNano(c.CompletedAt),
-		nullJSON(c.Result), c.Error).Scan(&updated, &state)
+		sqlrow.NullJSON(c.Result), c.Error).Scan(&updated, &state)
 	switch {
 	case err != nil:
 		return fmt.Errorf("postgres: updating command %q: %w", c.ID, err)
@@ -221,24 +217,10 @@ type seqCommand struct {
 	seq int64
 }
 
+// scanCommand reads a command row for pgx.CollectRows.
 func scanCommand(row pgx.CollectableRow) (seqCommand, error) {
-	var (
-		c                                 seqCommand
-		created, expires, sent, completed int64
-		params, state                     string
-		result                            *string
-	)
-	if err := row.Scan(&c.seq, &c.ID, &c.Device, &c.Name, &params, &state, &created, &expires,
-		&sent, &c.Attempts, &completed, &result, &c.Error); err != nil {
-		return seqCommand{}, err
-	}
-	c.Params, c.State = []byte(params), store.CommandState(state)
-	c.CreatedAt, c.ExpiresAt = sqlrow.FromUnixNano(created), sqlrow.FromUnixNano(expires)
-	c.SentAt, c.CompletedAt = sqlrow.FromUnixNano(sent), sqlrow.FromUnixNano(completed)
-	if result != nil {
-		c.Result = []byte(*result)
-	}
-	return c, nil
+	c, seq, err := sqlrow.ScanCommand(row.Scan)
+	return seqCommand{c, seq}, err
 }
 
 func commandsOf(cs []seqCommand) []store.Command {
@@ -267,13 +249,4 @@ func qualified(table, columns string) string {
 		fields[i] = table + "." + strings.TrimSpace(f)
 	}
 	return strings.Join(fields, ", ")
-}
-
-// nullJSON stores nil JSON as NULL.
-func nullJSON(b []byte) *string {
-	if b == nil {
-		return nil
-	}
-	s := string(b)
-	return &s
 }

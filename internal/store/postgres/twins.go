@@ -60,7 +60,7 @@ func (db *DB) PutTwinDoc(ctx context.Context, device string, side store.TwinSide
 		q = `UPDATE twins SET ` + col + `_version = $2, ` + col + ` = $3, ` + col + `_updated = $4
 			WHERE device = $1 AND ` + col + `_version = $5`
 	}
-	args := []any{device, doc.Version, nullJSON(doc.State), sqlrow.UnixNano(doc.UpdatedAt)}
+	args := []any{device, doc.Version, sqlrow.NullJSON(doc.State), sqlrow.UnixNano(doc.UpdatedAt)}
 	if prev != 0 {
 		args = append(args, prev)
 	}

@@ -12,19 +12,15 @@ import (
 	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
-const commandColumns = `seq, id, device, name, params, state, created_at, expires_at,
-	sent_at, attempts, completed_at, result, error`
+const commandColumns = sqlrow.CommandColumns
 
 // CreateCommand stores a new command durably (synchronous=FULL).
 func (db *DB) CreateCommand(ctx context.Context, c store.Command) error {
 	if err := db.check(); err != nil {
 		return err
 	}
-	res, err := db.w.ExecContext(ctx, `INSERT INTO commands
-		(id, device, name, params, state, created_at, expires_at, sent_at, attempts, completed_at, result, error)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-		c.ID, c.Device, c.Name, string(c.Params), string(c.State), sqlrow.UnixNano(c.CreatedAt), sqlrow.UnixNano(c.ExpiresAt),
-		sqlrow.UnixNano(c.SentAt), c.Attempts, sqlrow.UnixNano(c.CompletedAt), nullJSON(c.Result), c.Error)
+	res, err := db.w.ExecContext(ctx, `INSERT INTO commands (`+sqlrow.NewCommandColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`, sqlrow.CommandArgs(c)...)
 	if err != nil {
 		return fmt.Errorf("sqlite: creating command %q: %w", c.ID, err)
 	}
@@ -138,7 +134,7 @@ func (db *DB) UpdateCommand(ctx context.Context, c store.Command, from ...store.
 	if len(from) == 0 {
 		return fmt.Errorf("sqlite: updating command %q: no expected state", c.ID)
 	}
-	args := []any{string(c.State), sqlrow.UnixNano(c.SentAt), c.Attempts, sqlrow.UnixNano(c.CompletedAt), nullJSON(c.Result), c.Error, c.ID}
+	args := []any{string(c.State), sqlrow.UnixNano(c.SentAt), c.Attempts, sqlrow.UnixNano(c.CompletedAt), sqlrow.NullJSON(c.Result), c.Error, c.ID}
 	for _, s := range from {
 		args = append(args, string(s))
 	}
@@ -262,30 +258,4 @@ func (db *DB) PruneCommands(ctx context.Context, before time.Time) (int, error) 
 
 type rowScanner interface{ Scan(dest ...any) error }
 
-func scanCommand(r rowScanner) (store.Command, int64, error) {
-	var (
-		c                                      store.Command
-		seq, created, expires, sent, completed int64
-		params, state                          string
-		result                                 sql.NullString
-	)
-	if err := r.Scan(&seq, &c.ID, &c.Device, &c.Name, &params, &state, &created, &expires,
-		&sent, &c.Attempts, &completed, &result, &c.Error); err != nil {
-		return store.Command{}, 0, err
-	}
-	c.Params, c.State = []byte(params), store.CommandState(state)
-	c.CreatedAt, c.ExpiresAt = sqlrow.FromUnixNano(created), sqlrow.FromUnixNano(expires)
-	c.SentAt, c.CompletedAt = sqlrow.FromUnixNano(sent), sqlrow.FromUnixNano(completed)
-	if result.Valid {
-		c.Result = []byte(result.String)
-	}
-	return c, seq, nil
-}
-
-// nullJSON stores nil JSON as NULL.
-func nullJSON(b []byte) any {
-	if b == nil {
-		return nil
-	}
-	return string(b)
-}
+func scanCommand(r rowScanner) (store.Command, int64, error) { return sqlrow.ScanCommand(r.Scan) }
