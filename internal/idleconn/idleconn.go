@@ -224,7 +224,7 @@ func (c *Conn) Close() error {
 		c.p.forget(c)
 	}
 	err := c.Conn.Close()
-	c.wake("closed")
+	c.wake(causeClosed)
 	return err
 }
 
@@ -239,7 +239,7 @@ func (c *Conn) armTimerLocked() {
 	}
 	d := time.Until(c.dl)
 	if c.timer == nil {
-		c.timer = time.AfterFunc(d, func() { c.wake("deadline") })
+		c.timer = time.AfterFunc(d, func() { c.wake(causeDeadline) })
 		return
 	}
 	c.timer.Reset(d)
@@ -247,14 +247,14 @@ func (c *Conn) armTimerLocked() {
 
 // wake resumes the reader of a parked connection; it does nothing when the
 // connection is not parked (an event or timer that arrives late).
-func (c *Conn) wake(why string) {
+func (c *Conn) wake(why cause) {
 	c.mu.Lock()
 	if !c.parked {
 		c.mu.Unlock()
 		return
 	}
 	c.parked = false
-	c.sparse = why == "readable" && time.Since(c.parkedAt) >= c.p.idle
+	c.sparse = why == causeReadable && time.Since(c.parkedAt) >= c.p.idle
 	resume := c.resume
 	c.resume = nil
 	if c.timer != nil {
@@ -264,6 +264,16 @@ func (c *Conn) wake(why string) {
 	c.p.unparked(c, why)
 	c.p.dispatch(resume)
 }
+
+// cause is why a park ended.
+type cause int
+
+const (
+	causeReadable cause = iota // bytes arrived (or an error or hang-up)
+	causeDeadline              // the read deadline passed
+	causeClosed                // the connection was closed
+	numCauses
+)
 
 // sysConn is what a connection needs for its descriptor.
 type sysConn interface {

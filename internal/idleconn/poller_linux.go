@@ -15,12 +15,11 @@ import (
 // goroutine, and runs their resumes on worker goroutines that exit after
 // workerIdle without work. Close stops the loop and idle workers.
 type Poller struct {
-	idle   time.Duration
-	epfd   int
-	wakeR  int // read end of the pipe that stops the loop
-	wakeW  int
-	parked atomic.Int64
-	counts [3]atomic.Uint64 // resumes by cause: readable, deadline, closed
+	idle    time.Duration
+	epfd    int
+	wakeR   int // read end of the pipe that stops the loop
+	wakeW   int
+	resumes [numCauses]atomic.Uint64
 
 	mu     sync.Mutex
 	byFD   map[int]*Conn // parked connections by descriptor
@@ -86,12 +85,16 @@ func (p *Poller) Wrap(c net.Conn) net.Conn {
 }
 
 // Parked returns the number of connections parked now.
-func (p *Poller) Parked() int64 { return p.parked.Load() }
+func (p *Poller) Parked() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return int64(len(p.byFD))
+}
 
 // Resumes returns how many parks ended because the connection became
 // readable, passed its read deadline, or was closed.
 func (p *Poller) Resumes() (readable, deadline, closed uint64) {
-	return p.counts[0].Load(), p.counts[1].Load(), p.counts[2].Load()
+	return p.resumes[causeReadable].Load(), p.resumes[causeDeadline].Load(), p.resumes[causeClosed].Load()
 }
 
 // Close stops the loop. Connections still parked stay parked until they
@@ -120,7 +123,7 @@ func (p *Poller) park(c *Conn, resume func()) bool {
 	defer c.mu.Unlock()
 	if c.closed {
 		// Closed between the idle read and now: let the reader see it.
-		p.counts[2].Add(1)
+		p.resumes[causeClosed].Add(1)
 		p.dispatch(resume)
 		return true
 	}
@@ -156,27 +159,18 @@ func (p *Poller) park(c *Conn, resume func()) bool {
 	}
 	c.inEpoll = true
 	c.parked, c.resume, c.parkedAt = true, resume, time.Now()
-	p.parked.Add(1)
 	c.armTimerLocked()
 	return true
 }
 
 // unparked removes c from the parked set after its park ended.
-func (p *Poller) unparked(c *Conn, why string) {
+func (p *Poller) unparked(c *Conn, why cause) {
 	p.mu.Lock()
 	if p.byFD[c.fd] == c {
 		delete(p.byFD, c.fd)
 	}
 	p.mu.Unlock()
-	p.parked.Add(-1)
-	switch why {
-	case "readable":
-		p.counts[0].Add(1)
-	case "deadline":
-		p.counts[1].Add(1)
-	default:
-		p.counts[2].Add(1)
-	}
+	p.resumes[why].Add(1)
 }
 
 // forget takes c's descriptor out of the epoll set (before it is closed).
@@ -209,7 +203,7 @@ func (p *Poller) loop() {
 				// A late event for a closed descriptor whose number was
 				// reused only resumes the new owner early: it reads, finds
 				// nothing, and parks again.
-				c.wake("readable")
+				c.wake(causeReadable)
 			}
 		}
 	}

@@ -26,6 +26,6 @@ func (p *Poller) Resumes() (readable, deadline, closed uint64) { return 0, 0, 0 
 func (p *Poller) Close() error { return nil }
 
 func (p *Poller) park(*Conn, func()) bool { return false }
-func (p *Poller) unparked(*Conn, string)  {}
+func (p *Poller) unparked(*Conn, cause)   {}
 func (p *Poller) forget(*Conn)            {}
 func (p *Poller) dispatch(f func())       { go f() }
