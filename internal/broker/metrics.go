@@ -142,6 +142,8 @@ var (
 		"TCP and TLS connections idle without a goroutine, watched by epoll until their next packet.", nil, nil)
 	resumesDesc = prometheus.NewDesc("fieldhub_mqtt_connection_resumes_total",
 		"Parked connections resumed, by cause (readable, deadline: keepalive passed, closed).", []string{"cause"}, nil)
+	parkFailuresDesc = prometheus.NewDesc("fieldhub_mqtt_park_failures_total",
+		"Idle connections that could not park (epoll failed or the broker was stopping) and were closed.", nil, nil)
 )
 
 // parkCollector exports the idle-connection poller's state. poller points
@@ -150,15 +152,21 @@ type parkCollector struct {
 	poller *atomic.Pointer[idleconn.Poller]
 }
 
-func (c *parkCollector) Describe(ch chan<- *prometheus.Desc) { ch <- parkedDesc; ch <- resumesDesc }
+func (c *parkCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- parkedDesc
+	ch <- resumesDesc
+	ch <- parkFailuresDesc
+}
 
 func (c *parkCollector) Collect(ch chan<- prometheus.Metric) {
 	var parked int64
-	var readable, deadline, closed uint64
+	var readable, deadline, closed, failures uint64
 	if p := c.poller.Load(); p != nil {
 		parked = p.Parked()
 		readable, deadline, closed = p.Resumes()
+		failures = p.Failures()
 	}
+	ch <- prometheus.MustNewConstMetric(parkFailuresDesc, prometheus.CounterValue, float64(failures))
 	ch <- prometheus.MustNewConstMetric(parkedDesc, prometheus.GaugeValue, float64(parked))
 	for _, r := range []struct {
 		cause string

@@ -257,3 +257,19 @@ func TestParkChurn(t *testing.T) {
 		t.Errorf("parked = %d after every connection ended", p.Parked())
 	}
 }
+
+// TestParkRefused: a poller that is closed refuses to park; the reader
+// ends its connection with the idle error, and the refusal is counted.
+func TestParkRefused(t *testing.T) {
+	p := newPoller(t)
+	_, c := pair(t, p)
+	p.Close()
+	s := serveLines(c)
+	s.wantEnd(t, errIdle, "a park refused")
+	if f := p.Failures(); f != 1 {
+		t.Errorf("Failures() = %d; want 1", f)
+	}
+	if p.Parked() != 0 {
+		t.Errorf("parked = %d", p.Parked())
+	}
+}

@@ -15,11 +15,12 @@ import (
 // goroutine, and runs their resumes on worker goroutines that exit after
 // workerIdle without work. Close stops the loop and idle workers.
 type Poller struct {
-	idle    time.Duration
-	epfd    int
-	wakeR   int // read end of the pipe that stops the loop
-	wakeW   int
-	resumes [numCauses]atomic.Uint64
+	idle     time.Duration
+	epfd     int
+	wakeR    int // read end of the pipe that stops the loop
+	wakeW    int
+	resumes  [numCauses]atomic.Uint64
+	failures atomic.Uint64 // parks refused: the reader ended its connection
 
 	mu     sync.Mutex
 	byFD   map[int]*Conn // parked connections by descriptor
@@ -97,6 +98,10 @@ func (p *Poller) Resumes() (readable, deadline, closed uint64) {
 	return p.resumes[causeReadable].Load(), p.resumes[causeDeadline].Load(), p.resumes[causeClosed].Load()
 }
 
+// Failures returns how many parks were refused (the poller was closed or
+// epoll_ctl failed); the reader then ends its connection.
+func (p *Poller) Failures() uint64 { return p.failures.Load() }
+
 // Close stops the loop. Connections still parked stay parked until they
 // are closed (which resumes them); new parks are refused, so their readers
 // end with the idle error. Close the connections first.
@@ -130,6 +135,7 @@ func (p *Poller) park(c *Conn, resume func()) bool {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
+		p.failures.Add(1)
 		return false
 	}
 	p.byFD[c.fd] = c
@@ -155,7 +161,8 @@ func (p *Poller) park(c *Conn, resume func()) bool {
 			delete(p.byFD, c.fd)
 		}
 		p.mu.Unlock()
-		return false // the reader goes on with the idle error
+		p.failures.Add(1)
+		return false // the reader ends the connection with the idle error
 	}
 	c.inEpoll = true
 	c.parked, c.resume, c.parkedAt = true, resume, time.Now()

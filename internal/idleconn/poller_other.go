@@ -22,6 +22,9 @@ func (p *Poller) Parked() int64 { return 0 }
 // Resumes returns zeros.
 func (p *Poller) Resumes() (readable, deadline, closed uint64) { return 0, 0, 0 }
 
+// Failures returns 0.
+func (p *Poller) Failures() uint64 { return 0 }
+
 // Close does nothing.
 func (p *Poller) Close() error { return nil }
 
