@@ -11,8 +11,7 @@ import (
 	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
-const twinColumns = `device, desired_version, desired, desired_updated,
-	reported_version, reported, reported_updated`
+const twinColumns = sqlrow.TwinColumns
 
 // GetTwin returns the twin of device (two zero documents when none).
 func (db *DB) GetTwin(ctx context.Context, device string) (store.Twin, error) {
@@ -37,17 +36,9 @@ func (db *DB) GetTwin(ctx context.Context, device string) (store.Twin, error) {
 // wrote the row first, so of several hubs writing from the same version
 // exactly one succeeds and the others get store.ErrConflict.
 func (db *DB) PutTwinDoc(ctx context.Context, device string, side store.TwinSide, prev int64, doc store.TwinDoc) error {
-	var col string
-	switch side {
-	case store.TwinDesired:
-		col = "desired"
-	case store.TwinReported:
-		col = "reported"
-	default:
-		return fmt.Errorf("postgres: twin of %q: unknown side %q", device, side)
-	}
-	if doc.Version <= prev {
-		return fmt.Errorf("postgres: twin of %q: %s version %d is not above %d", device, side, doc.Version, prev)
+	col, err := sqlrow.TwinDocColumn(device, side, prev, doc)
+	if err != nil {
+		return fmt.Errorf("postgres: %w", err)
 	}
 	var q string
 	if prev == 0 {
@@ -104,22 +95,5 @@ func (db *DB) DeleteTwin(ctx context.Context, device string) error {
 	return nil
 }
 
-func scanTwin(row pgx.CollectableRow) (store.Twin, error) {
-	var (
-		t                  store.Twin
-		desired, reported  *string
-		dUpdated, rUpdated int64
-	)
-	if err := row.Scan(&t.Device, &t.Desired.Version, &desired, &dUpdated,
-		&t.Reported.Version, &reported, &rUpdated); err != nil {
-		return store.Twin{}, err
-	}
-	if desired != nil {
-		t.Desired.State = []byte(*desired)
-	}
-	if reported != nil {
-		t.Reported.State = []byte(*reported)
-	}
-	t.Desired.UpdatedAt, t.Reported.UpdatedAt = sqlrow.FromUnixNano(dUpdated), sqlrow.FromUnixNano(rUpdated)
-	return t, nil
-}
+// scanTwin reads a twin row for pgx.CollectRows.
+func scanTwin(row pgx.CollectableRow) (store.Twin, error) { return sqlrow.ScanTwin(row.Scan) }

@@ -10,8 +10,7 @@ import (
 	"github.com/fieldhub/fieldhub/internal/store/sqlrow"
 )
 
-const twinColumns = `device, desired_version, desired, desired_updated,
-	reported_version, reported, reported_updated`
+const twinColumns = sqlrow.TwinColumns
 
 // GetTwin returns the twin of device (two zero documents when none).
 func (db *DB) GetTwin(ctx context.Context, device string) (store.Twin, error) {
@@ -34,17 +33,9 @@ func (db *DB) PutTwinDoc(ctx context.Context, device string, side store.TwinSide
 	if err := db.check(); err != nil {
 		return err
 	}
-	var col string
-	switch side {
-	case store.TwinDesired:
-		col = "desired"
-	case store.TwinReported:
-		col = "reported"
-	default:
-		return fmt.Errorf("sqlite: twin of %q: unknown side %q", device, side)
-	}
-	if doc.Version <= prev {
-		return fmt.Errorf("sqlite: twin of %q: %s version %d is not above %d", device, side, doc.Version, prev)
+	col, err := sqlrow.TwinDocColumn(device, side, prev, doc)
+	if err != nil {
+		return fmt.Errorf("sqlite: %w", err)
 	}
 	args := []any{doc.Version, string(doc.State), sqlrow.UnixNano(doc.UpdatedAt)}
 	var q string
@@ -115,22 +106,4 @@ func (db *DB) DeleteTwin(ctx context.Context, device string) error {
 	return nil
 }
 
-func scanTwin(r rowScanner) (store.Twin, error) {
-	var (
-		t                  store.Twin
-		desired, reported  sql.NullString
-		dUpdated, rUpdated int64
-	)
-	if err := r.Scan(&t.Device, &t.Desired.Version, &desired, &dUpdated,
-		&t.Reported.Version, &reported, &rUpdated); err != nil {
-		return store.Twin{}, err
-	}
-	if desired.Valid {
-		t.Desired.State = []byte(desired.String)
-	}
-	if reported.Valid {
-		t.Reported.State = []byte(reported.String)
-	}
-	t.Desired.UpdatedAt, t.Reported.UpdatedAt = sqlrow.FromUnixNano(dUpdated), sqlrow.FromUnixNano(rUpdated)
-	return t, nil
-}
+func scanTwin(r rowScanner) (store.Twin, error) { return sqlrow.ScanTwin(r.Scan) }
