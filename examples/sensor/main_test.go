@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -41,20 +39,7 @@ func TestSensor(t *testing.T) {
 	defer h.Shutdown(context.Background())
 	api := func(method, path string, body, out any) int {
 		t.Helper()
-		b, _ := json.Marshal(body)
-		req, _ := http.NewRequest(method, "http://"+c.HTTPAddr+path, bytes.NewReader(b))
-		req.Header.Set("Authorization", "Bearer "+h.AdminToken())
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		if out != nil {
-			json.Unmarshal(data, out)
-		}
-		return resp.StatusCode
+		return fhtest.API(t, method, "http://"+c.HTTPAddr+path, h.AdminToken(), body, out)
 	}
 	var created struct {
 		Credentials struct {

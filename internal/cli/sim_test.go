@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -45,27 +44,11 @@ func startTestHub(t *testing.T) testHub {
 // call sends a request to the hub's API and decodes the JSON answer.
 func (h testHub) call(t *testing.T, method, path, body string, out any) int {
 	t.Helper()
-	var rd io.Reader
+	var b any
 	if body != "" {
-		rd = strings.NewReader(body)
+		b = json.RawMessage(body)
 	}
-	req, _ := http.NewRequest(method, h.api+path, rd)
-	req.Header.Set("Authorization", "Bearer "+h.token)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s = %d %s: %v", method, path, resp.StatusCode, b, err)
-		}
-	}
-	return resp.StatusCode
+	return fhtest.API(t, method, h.api+path, h.token, b, out)
 }
 
 // onlineWithPrefix counts the devices whose id starts with prefix that the

@@ -3,12 +3,10 @@ package edge_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,26 +77,7 @@ func (e *hubEnv) stop() {
 
 func (e *hubEnv) api(method, path string, body, out any) int {
 	e.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, "http://"+e.cfg.HTTPAddr+path, rd)
-	req.Header.Set("Authorization", "Bearer "+e.h.AdminToken())
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode >= 300 {
-		e.t.Logf("%s %s = %d %s", method, path, resp.StatusCode, b)
-	} else if out != nil {
-		json.Unmarshal(b, out)
-	}
-	return resp.StatusCode
+	return fhtest.API(e.t, method, "http://"+e.cfg.HTTPAddr+path, e.h.AdminToken(), body, out)
 }
 
 // points returns the values of metric of device, in time order.

@@ -2,30 +2,19 @@ package hub_test
 
 import (
 	"encoding/json"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 )
 
 func TestAPIRefusesBadRequests(t *testing.T) {
 	h := startHub(t, hubConfig(t, t.TempDir()))
 	h.addDevice("api-dev", "password")
 	do := func(method, path, token, body string) (int, string) {
-		req, _ := http.NewRequest(method, h.apiURL+path, strings.NewReader(body))
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		if body != "" {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		t.Helper()
+		code, _, b := fhtest.Do(t, method, h.apiURL+path, token, body)
+		return code, string(b)
 	}
 	tok := h.AdminToken()
 	for _, tc := range []struct {

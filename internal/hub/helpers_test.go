@@ -1,13 +1,10 @@
 package hub_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -101,31 +98,7 @@ func (w testWriter) Write(b []byte) (int, error) {
 // api calls the REST API with the admin token and decodes the answer.
 func (h *testHub) api(method, path string, body, out any) int {
 	h.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, h.apiURL+path, rd)
-	req.Header.Set("Authorization", "Bearer "+h.token())
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			h.t.Fatalf("%s %s: decoding %s: %v", method, path, b, err)
-		}
-	}
-	if resp.StatusCode >= 300 {
-		h.t.Logf("%s %s = %d %s", method, path, resp.StatusCode, b)
-	}
-	return resp.StatusCode
+	return fhtest.API(h.t, method, h.apiURL+path, h.token(), body, out)
 }
 
 type creds struct {

@@ -1,11 +1,9 @@
 package web_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -19,6 +17,7 @@ import (
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldhub/fieldhub/internal/config"
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 	"github.com/fieldhub/fieldhub/internal/hub"
 	"github.com/fieldhub/fieldhub/internal/web"
 )
@@ -63,28 +62,7 @@ func startHub(t *testing.T) *testHub {
 // api calls the REST API with the admin token.
 func (h *testHub) api(method, path string, body, out any) int {
 	h.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, h.url+path, rd)
-	req.Header.Set("Authorization", "Bearer "+h.AdminToken())
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			h.t.Fatalf("%s %s: decoding %s: %v", method, path, b, err)
-		}
-	}
-	return resp.StatusCode
+	return fhtest.API(h.t, method, h.url+path, h.AdminToken(), body, out)
 }
 
 // addDevice registers a password device and returns its password.

@@ -2,41 +2,19 @@ package web_test
 
 import (
 	"bytes"
-	"io"
 	"io/fs"
 	"net/http"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 	"github.com/fieldhub/fieldhub/internal/web"
 )
 
 func get(t *testing.T, url, token string) (int, http.Header, []byte) {
 	t.Helper()
-	return do(t, "GET", url, token, "")
-}
-
-func do(t *testing.T, method, url, token, body string) (int, http.Header, []byte) {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, _ := http.NewRequest(method, url, rd)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, b
+	return fhtest.Do(t, "GET", url, token, "")
 }
 
 // Every embedded file is served, byte for byte, with the page's security
@@ -134,7 +112,7 @@ func TestDataRoutesRefuseWithoutToken(t *testing.T) {
 	}
 	for _, tok := range []string{"", "wrong-token"} {
 		for _, r := range routes {
-			code, hdr, body := do(t, r.method, h.url+r.path, tok, r.body)
+			code, hdr, body := fhtest.Do(t, r.method, h.url+r.path, tok, r.body)
 			if code != http.StatusUnauthorized {
 				t.Errorf("%s %s (token %q) = %d; want 401", r.method, r.path, tok, code)
 			}
