@@ -112,7 +112,7 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 		args = append(args, q.Severity)
 		where = append(where, fmt.Sprintf("severity = $%d", len(args)))
 	}
-	query := `SELECT id, device, ts, received, metric, value, rule, severity, message, state FROM alerts`
+	query := `SELECT ` + sqlrow.AlertColumns + ` FROM alerts`
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -135,15 +135,11 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 			page.Next = sqlrow.FormatCursor(lastTS, lastID)
 			break
 		}
-		var (
-			a       store.Alert
-			ts, rcv int64
-		)
-		if err := rows.Scan(&lastID, &a.Device, &ts, &rcv, &a.Metric, &a.Value, &a.Rule, &a.Severity, &a.Message, &a.State); err != nil {
+		a, id, ts, err := sqlrow.ScanAlert(rows.Scan)
+		if err != nil {
 			return store.AlertPage{}, fmt.Errorf("postgres: listing alerts: %w", err)
 		}
-		lastTS = ts
-		a.TS, a.Received = sqlrow.FromUnixNano(ts), sqlrow.FromUnixNano(rcv)
+		lastID, lastTS = id, ts
 		page.Alerts = append(page.Alerts, a)
 	}
 	rows.Close()

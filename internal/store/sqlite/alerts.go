@@ -90,7 +90,7 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 		where = append(where, "(ts < ? OR (ts = ? AND id < ?))")
 		args = append(args, ts, ts, id)
 	}
-	query := `SELECT id, device, ts, received, metric, value, rule, severity, message, state FROM alerts`
+	query := `SELECT ` + sqlrow.AlertColumns + ` FROM alerts`
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -114,15 +114,11 @@ func (db *DB) ListAlerts(ctx context.Context, q store.AlertQuery) (store.AlertPa
 			page.Next = sqlrow.FormatCursor(lastTS, lastID)
 			break
 		}
-		var (
-			a       store.Alert
-			ts, rcv int64
-		)
-		if err := rows.Scan(&lastID, &a.Device, &ts, &rcv, &a.Metric, &a.Value, &a.Rule, &a.Severity, &a.Message, &a.State); err != nil {
+		a, id, ts, err := sqlrow.ScanAlert(rows.Scan)
+		if err != nil {
 			return store.AlertPage{}, fmt.Errorf("sqlite: listing alerts: %w", err)
 		}
-		lastTS = ts
-		a.TS, a.Received = time.Unix(0, ts).UTC(), time.Unix(0, rcv).UTC()
+		lastID, lastTS = id, ts
 		page.Alerts = append(page.Alerts, a)
 	}
 	if err := rows.Err(); err != nil {
