@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,7 +13,7 @@ import (
 	pahopackets "github.com/eclipse/paho.golang/packets"
 	paho "github.com/eclipse/paho.golang/paho"
 
-	"github.com/fieldhub/fieldhub/internal/pki"
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 	"github.com/fieldhub/fieldhub/internal/registry"
 	"github.com/fieldhub/fieldhub/internal/store"
 	"github.com/fieldhub/fieldhub/internal/store/sqlite"
@@ -34,17 +33,7 @@ type env struct {
 // set the OnPassword hook.
 func newEnv(t testing.TB, opts registry.Options) *env {
 	t.Helper()
-	db, err := sqlite.Open(filepath.Join(t.TempDir(), "hub.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	key := make([]byte, 32)
-	rand.Read(key)
-	ca, err := pki.Open(context.Background(), db, key, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, ca := fhtest.CA(t)
 	opts.Password = cheap
 	return &env{db: db, svc: registry.New(db, ca, opts)}
 }
