@@ -3,7 +3,6 @@ package postgres
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -19,31 +18,14 @@ const commandColumns = sqlrow.CommandColumns
 
 // CreateCommand stores a new command; store.ErrExists when c.ID is taken.
 func (db *DB) CreateCommand(ctx context.Context, c store.Command) error {
-	_, err := db.pool.Exec(ctx, `INSERT INTO commands (`+sqlrow.NewCommandColumns+`)
+	return db.insert(ctx, "command", c.ID, `INSERT INTO commands (`+sqlrow.NewCommandColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, sqlrow.CommandArgs(c)...)
-	if isCode(err, codeUniqueViolation) {
-		return fmt.Errorf("postgres: command %q: %w", c.ID, store.ErrExists)
-	}
-	if err != nil {
-		return fmt.Errorf("postgres: creating command %q: %w", c.ID, err)
-	}
-	return nil
 }
 
 // GetCommand returns one command; store.ErrNotFound when missing.
 func (db *DB) GetCommand(ctx context.Context, id string) (store.Command, error) {
-	if !validText(id) {
-		return store.Command{}, fmt.Errorf("postgres: command %q: %w", id, store.ErrNotFound)
-	}
-	rows, _ := db.pool.Query(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = $1`, id)
-	c, err := pgx.CollectExactlyOneRow(rows, scanCommand)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return store.Command{}, fmt.Errorf("postgres: command %q: %w", id, store.ErrNotFound)
-	}
-	if err != nil {
-		return store.Command{}, fmt.Errorf("postgres: reading command %q: %w", id, err)
-	}
-	return c.Command, nil
+	c, err := getRow(ctx, db, "command", id, `SELECT `+commandColumns+` FROM commands WHERE id = $1`, scanCommand)
+	return c.Command, err
 }
 
 // ListCommands returns a device's commands newest first: creation time

@@ -43,32 +43,13 @@ func (db *DB) CreateDevice(ctx context.Context, d store.Device) error {
 	if err != nil {
 		return fmt.Errorf("postgres: creating device %q: %w", d.ID, err)
 	}
-	_, err = db.pool.Exec(ctx, `INSERT INTO devices (`+deviceColumns+`)
+	return db.insert(ctx, "device", d.ID, `INSERT INTO devices (`+deviceColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, args...)
-	if isCode(err, codeUniqueViolation) {
-		return fmt.Errorf("postgres: device %q: %w", d.ID, store.ErrExists)
-	}
-	if err != nil {
-		return fmt.Errorf("postgres: creating device %q: %w", d.ID, err)
-	}
-	return nil
 }
 
 // GetDevice returns the device id; store.ErrNotFound when missing.
 func (db *DB) GetDevice(ctx context.Context, id string) (store.Device, error) {
-	if !validText(id) {
-		// PostgreSQL refuses such a string; no stored id is one.
-		return store.Device{}, fmt.Errorf("postgres: device %q: %w", id, store.ErrNotFound)
-	}
-	rows, _ := db.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices WHERE id = $1`, id)
-	d, err := pgx.CollectExactlyOneRow(rows, scanDevice)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return store.Device{}, fmt.Errorf("postgres: device %q: %w", id, store.ErrNotFound)
-	}
-	if err != nil {
-		return store.Device{}, fmt.Errorf("postgres: reading device %q: %w", id, err)
-	}
-	return d, nil
+	return getRow(ctx, db, "device", id, `SELECT `+deviceColumns+` FROM devices WHERE id = $1`, scanDevice)
 }
 
 // ListDevices returns devices in id order (byte order), after o.After, with
@@ -196,6 +177,39 @@ func (db *DB) HasChildren(ctx context.Context, gateway string) (bool, error) {
 		return false, fmt.Errorf("postgres: looking up devices behind %q: %w", gateway, err)
 	}
 	return ok, nil
+}
+
+// insert runs query, an INSERT of the kind (say "device") with key key;
+// store.ErrExists when the key is taken.
+func (db *DB) insert(ctx context.Context, kind, key, query string, args ...any) error {
+	_, err := db.pool.Exec(ctx, query, args...)
+	if isCode(err, codeUniqueViolation) {
+		return fmt.Errorf("postgres: %s %q: %w", kind, key, store.ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("postgres: creating %s %q: %w", kind, key, err)
+	}
+	return nil
+}
+
+// getRow returns the one row, read by scan, that query (with the one
+// parameter key) finds of the kind (say "device"); store.ErrNotFound when
+// there is none.
+func getRow[T any](ctx context.Context, db *DB, kind, key, query string, scan pgx.RowToFunc[T]) (T, error) {
+	var zero T
+	if !validText(key) {
+		// PostgreSQL refuses such a string; no stored key is one.
+		return zero, fmt.Errorf("postgres: %s %q: %w", kind, key, store.ErrNotFound)
+	}
+	rows, _ := db.pool.Query(ctx, query, key)
+	v, err := pgx.CollectExactlyOneRow(rows, scan)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return zero, fmt.Errorf("postgres: %s %q: %w", kind, key, store.ErrNotFound)
+	}
+	if err != nil {
+		return zero, fmt.Errorf("postgres: reading %s %q: %w", kind, key, err)
+	}
+	return v, nil
 }
 
 // scanDevice reads a device row for pgx.CollectRows.
