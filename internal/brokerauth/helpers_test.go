@@ -126,19 +126,10 @@ func (cl *client) publish(t *testing.T, name string) byte {
 	return pr.ReasonCode
 }
 
+// subscribe subscribes to filters at QoS 1 and returns the reason codes.
 func (cl *client) subscribe(t *testing.T, filters ...string) []byte {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	var subs []paho.SubscribeOptions
-	for _, f := range filters {
-		subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 1})
-	}
-	sa, err := cl.c.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs})
-	if sa == nil {
-		t.Fatalf("subscribe %v: %v", filters, err)
-	}
-	return sa.Reasons
+	return fhtest.Subscribe(t, cl.c, testTimeout, filters...)
 }
 
 // waitFor waits until cl has received a message on name.
