@@ -4,13 +4,12 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"encoding/base64"
-	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/telquery"
 	"github.com/fieldhub/fieldhub/payload"
 )
 
@@ -199,10 +198,10 @@ func (db *DB) Query(ctx context.Context, q store.Query) (store.Result, error) {
 	if q.Limit < 0 {
 		return res, fmt.Errorf("%w: negative limit", ErrInvalidQuery)
 	}
-	var cur cursor
+	var cur telquery.Cursor
 	if q.After != "" {
 		var err error
-		if cur, err = decodeCursor(q.After); err != nil {
+		if cur, err = telquery.Decode(q.After, ErrInvalidQuery); err != nil {
 			return res, err
 		}
 	}
@@ -245,15 +244,12 @@ func (db *DB) Query(ctx context.Context, q store.Query) (store.Result, error) {
 	for _, s := range list {
 		lo := from
 		if q.After != "" {
-			if s.metric < cur.metric {
+			if s.metric < cur.Metric {
 				continue
 			}
-			if s.metric == cur.metric {
-				next := cur.ts + 1
-				if agg {
-					next = cur.ts + q.Step
-				}
-				if next < cur.ts { // overflow: nothing after
+			if s.metric == cur.Metric {
+				next, ok := cur.Next(q)
+				if !ok {
 					continue
 				}
 				lo = max(lo, next)
@@ -272,7 +268,7 @@ func (db *DB) Query(ctx context.Context, q store.Query) (store.Result, error) {
 	}
 	remaining := q.Limit
 	limited := q.Limit > 0
-	var last cursor
+	var last telquery.Cursor
 	for i, s := range list {
 		if err := ctx.Err(); err != nil {
 			return store.Result{}, err
@@ -283,7 +279,7 @@ func (db *DB) Query(ctx context.Context, q store.Query) (store.Result, error) {
 				return store.Result{}, err
 			}
 			if more {
-				res.Next = last.encode()
+				res.Next = last.Encode()
 				break
 			}
 			continue
@@ -314,13 +310,13 @@ func (db *DB) Query(ctx context.Context, q store.Query) (store.Result, error) {
 		}
 		if len(pts) > 0 {
 			res.Series = append(res.Series, store.Series{Metric: s.metric, Kind: kind, Points: pts})
-			last = cursor{metric: s.metric, ts: pts[len(pts)-1].TS}
+			last = telquery.Cursor{Metric: s.metric, TS: pts[len(pts)-1].TS}
 			if limited {
 				remaining -= len(pts)
 			}
 		}
 		if more {
-			res.Next = last.encode()
+			res.Next = last.Encode()
 			break
 		}
 	}
@@ -402,34 +398,4 @@ func (db *DB) Latest(ctx context.Context, device string) ([]payload.Point, error
 		s.mu.Unlock()
 	}
 	return out, nil
-}
-
-// cursor is the position after the last point (or bucket) returned.
-type cursor struct {
-	metric string
-	ts     int64
-}
-
-const cursorVersion = 1
-
-func (c cursor) encode() string {
-	b := []byte{cursorVersion}
-	b = binary.AppendUvarint(b, uint64(len(c.metric)))
-	b = append(b, c.metric...)
-	b = binary.AppendVarint(b, c.ts)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func decodeCursor(s string) (cursor, error) {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) == 0 || b[0] != cursorVersion {
-		return cursor{}, fmt.Errorf("%w: bad cursor", ErrInvalidQuery)
-	}
-	r := reader{b: b, off: 1, base: ErrInvalidQuery}
-	c := cursor{metric: string(r.bytes(r.uvarint()))}
-	c.ts = r.varint()
-	if r.err != nil || r.off != len(b) {
-		return cursor{}, fmt.Errorf("%w: bad cursor", ErrInvalidQuery)
-	}
-	return c, nil
 }

@@ -2,8 +2,6 @@ package postgres
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
@@ -12,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/fieldhub/fieldhub/internal/store"
+	"github.com/fieldhub/fieldhub/internal/telquery"
 	"github.com/fieldhub/fieldhub/payload"
 )
 
@@ -39,21 +38,19 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 		return res, fmt.Errorf("%w: negative limit", errInvalidQuery)
 	}
 	// Without a cursor, (metric, ts) >= ("", MinInt64) holds for every row.
-	cur := telCursor{ts: math.MinInt64}
+	// With one, cur.TS becomes where its metric resumes.
+	cur := telquery.Cursor{TS: math.MinInt64}
 	if q.After != "" {
 		var err error
-		if cur, err = decodeTelCursor(q.After); err != nil {
+		if cur, err = telquery.Decode(q.After, errInvalidQuery); err != nil {
 			return res, err
 		}
-		next := cur.ts + 1
-		if agg {
-			next = cur.ts + q.Step
-		}
-		if next < cur.ts {
-			// Overflow: nothing after in this metric (ts < To ≤ MaxInt64).
+		next, ok := cur.Next(q)
+		if !ok {
+			// Nothing after in this metric (ts < To ≤ MaxInt64).
 			next = math.MaxInt64
 		}
-		cur.ts = next
+		cur.TS = next
 	}
 	if q.To <= q.From {
 		return res, nil
@@ -76,7 +73,7 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 			}
 			continue // skipped
 		}
-		if metric >= cur.metric {
+		if metric >= cur.Metric {
 			metrics = append(metrics, metric)
 		}
 	}
@@ -110,8 +107,8 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 	}
 	args := func(metric string, limit *int64) []any {
 		lo := from
-		if metric == cur.metric {
-			lo = max(lo, cur.ts)
+		if metric == cur.Metric {
+			lo = max(lo, cur.TS)
 		}
 		a := []any{series[metric].id, lo, q.To, limit}
 		if agg {
@@ -126,13 +123,13 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 		num    pgtype.Float8
 		str    []byte
 		n      int
-		last   telCursor
+		last   telquery.Cursor
 	)
 	scan := []any{&ts, &num, &str}
 	row := func() error {
 		n++
 		if q.Limit > 0 && n > q.Limit {
-			res.Next = last.encode()
+			res.Next = last.Encode()
 			return nil
 		}
 		kind := series[metric].kind
@@ -153,7 +150,7 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 		}
 		s := &res.Series[len(res.Series)-1]
 		s.Points = append(s.Points, payload.Point{Metric: metric, TS: ts, Value: v})
-		last = telCursor{metric: metric, ts: ts}
+		last = telquery.Cursor{Metric: metric, TS: ts}
 		return nil
 	}
 
@@ -286,41 +283,4 @@ func (t *Telemetry) DeleteDevice(ctx context.Context, device string) error {
 		return fmt.Errorf("postgres: delete device %q: %w", device, err)
 	}
 	return nil
-}
-
-// telCursor is the position of the last point (or bucket) returned.
-type telCursor struct {
-	metric string
-	ts     int64
-}
-
-const telCursorVersion = 1
-
-func (c telCursor) encode() string {
-	b := []byte{telCursorVersion}
-	b = binary.AppendUvarint(b, uint64(len(c.metric)))
-	b = append(b, c.metric...)
-	b = binary.AppendVarint(b, c.ts)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func decodeTelCursor(s string) (telCursor, error) {
-	bad := fmt.Errorf("%w: bad cursor", errInvalidQuery)
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) == 0 || b[0] != telCursorVersion {
-		return telCursor{}, bad
-	}
-	b = b[1:]
-	n, k := binary.Uvarint(b)
-	if k <= 0 || n > uint64(len(b)-k) {
-		return telCursor{}, bad
-	}
-	c := telCursor{metric: string(b[k : k+int(n)])}
-	b = b[k+int(n):]
-	ts, k := binary.Varint(b)
-	if k <= 0 || k != len(b) {
-		return telCursor{}, bad
-	}
-	c.ts = ts
-	return c, nil
 }
