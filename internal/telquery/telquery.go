@@ -1,6 +1,6 @@
 // Package telquery holds what the telemetry stores (tsdb and postgres)
-// share to answer a store.Query whatever their storage: the opaque cursor
-// that pages through its result.
+// share to answer a store.Query whatever their storage: checking the
+// query, and the opaque cursor that pages through its result.
 package telquery
 
 import (
@@ -10,6 +10,21 @@ import (
 
 	"github.com/fieldhub/fieldhub/internal/store"
 )
+
+// Check returns an error wrapping invalid when q cannot be answered: an
+// unknown aggregate, an aggregate without a step > 0, a negative limit.
+func Check(q store.Query, invalid error) error {
+	if !q.Agg.Valid() {
+		return fmt.Errorf("%w: unknown aggregate %q", invalid, q.Agg)
+	}
+	if q.Agg != store.AggNone && q.Step <= 0 {
+		return fmt.Errorf("%w: aggregate %q needs a step > 0", invalid, q.Agg)
+	}
+	if q.Limit < 0 {
+		return fmt.Errorf("%w: negative limit", invalid)
+	}
+	return nil
+}
 
 // Cursor is the position of the last point (or bucket) a page returned:
 // store.Result.Next, and the store.Query.After of the next page.

@@ -29,6 +29,24 @@ func TestDecodeBad(t *testing.T) {
 	}
 }
 
+func TestCheck(t *testing.T) {
+	for _, q := range []store.Query{
+		{Agg: "median", Step: 1},
+		{Agg: store.AggAvg},
+		{Agg: store.AggAvg, Step: -1},
+		{Limit: -1},
+	} {
+		if err := Check(q, errTest); !errors.Is(err, errTest) {
+			t.Errorf("Check(%+v) = %v; want an error wrapping errTest", q, err)
+		}
+	}
+	for _, q := range []store.Query{{}, {Limit: 3}, {Agg: store.AggLast, Step: 1}} {
+		if err := Check(q, errTest); err != nil {
+			t.Errorf("Check(%+v) = %v", q, err)
+		}
+	}
+}
+
 func TestNext(t *testing.T) {
 	raw := store.Query{}
 	agg := store.Query{Agg: store.AggAvg, Step: 10}

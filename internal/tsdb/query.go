@@ -188,16 +188,10 @@ func (db *DB) Query(ctx context.Context, q store.Query) (store.Result, error) {
 	if db.isClosed() {
 		return res, fmt.Errorf("tsdb: query: %w", store.ErrClosed)
 	}
-	if !q.Agg.Valid() {
-		return res, fmt.Errorf("%w: unknown aggregate %q", ErrInvalidQuery, q.Agg)
+	if err := telquery.Check(q, ErrInvalidQuery); err != nil {
+		return res, err
 	}
 	agg := q.Agg != store.AggNone
-	if agg && q.Step <= 0 {
-		return res, fmt.Errorf("%w: aggregate %q needs a step > 0", ErrInvalidQuery, q.Agg)
-	}
-	if q.Limit < 0 {
-		return res, fmt.Errorf("%w: negative limit", ErrInvalidQuery)
-	}
 	var cur telquery.Cursor
 	if q.After != "" {
 		var err error

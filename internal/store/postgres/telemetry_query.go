@@ -27,16 +27,10 @@ func (t *Telemetry) Query(ctx context.Context, q store.Query) (store.Result, err
 	if t.isClosed() {
 		return res, fmt.Errorf("postgres: query: %w", store.ErrClosed)
 	}
-	if !q.Agg.Valid() {
-		return res, fmt.Errorf("%w: unknown aggregate %q", errInvalidQuery, q.Agg)
+	if err := telquery.Check(q, errInvalidQuery); err != nil {
+		return res, err
 	}
 	agg := q.Agg != store.AggNone
-	if agg && q.Step <= 0 {
-		return res, fmt.Errorf("%w: aggregate %q needs a step > 0", errInvalidQuery, q.Agg)
-	}
-	if q.Limit < 0 {
-		return res, fmt.Errorf("%w: negative limit", errInvalidQuery)
-	}
 	// Without a cursor, (metric, ts) >= ("", MinInt64) holds for every row.
 	// With one, cur.TS becomes where its metric resumes.
 	cur := telquery.Cursor{TS: math.MinInt64}
