@@ -507,7 +507,7 @@ func (t *Telemetry) claimSeqs(ctx context.Context, tx pgx.Tx, seqs []seqKey, ids
 			return nil, err
 		}
 		_, err := tx.CopyFrom(ctx, pgx.Identifier{"telemetry_seqs"}, []string{"device", "seq", "received"},
-			&seqSource{seqs: seqs, ids: ids, received: received})
+			seqSource(seqs, ids, received))
 		var pe *pgconn.PgError
 		if err == nil {
 			for _, k := range seqs {
@@ -547,27 +547,15 @@ func (t *Telemetry) claimSeqs(ctx context.Context, tx pgx.Tx, seqs []seqKey, ids
 	return fresh, err
 }
 
-// seqSource feeds seqKeys to CopyFrom.
-type seqSource struct {
-	seqs     []seqKey
-	ids      map[string]int32
-	received time.Time
-	i        int
-	vals     [3]any
+// seqSource feeds seqs to CopyFrom as telemetry_seqs rows.
+func seqSource(seqs []seqKey, ids map[string]int32, received time.Time) pgx.CopyFromSource {
+	var vals [3]any // reused: CopyFrom encodes a row before asking for the next
+	return pgx.CopyFromSlice(len(seqs), func(i int) ([]any, error) {
+		k := seqs[i]
+		vals[0], vals[1], vals[2] = ids[k.device], int64(k.seq), received
+		return vals[:], nil
+	})
 }
-
-func (s *seqSource) Next() bool {
-	s.i++
-	return s.i <= len(s.seqs)
-}
-
-func (s *seqSource) Values() ([]any, error) {
-	k := s.seqs[s.i-1]
-	s.vals[0], s.vals[1], s.vals[2] = s.ids[k.device], int64(k.seq), s.received
-	return s.vals[:], nil
-}
-
-func (s *seqSource) Err() error { return nil }
 
 var pointColumns = []string{"series", "ts", "num", "str"}
 
@@ -586,7 +574,7 @@ func (t *Telemetry) writePoints(ctx context.Context, tx pgx.Tx, pts []pointRow) 
 		if _, err := tx.Exec(ctx, "SAVEPOINT fh_points"); err != nil {
 			return err
 		}
-		_, err := tx.CopyFrom(ctx, pgx.Identifier{"telemetry_points"}, pointColumns, &pointSource{rows: pts})
+		_, err := tx.CopyFrom(ctx, pgx.Identifier{"telemetry_points"}, pointColumns, pointSource(pts))
 		var pe *pgconn.PgError
 		if err == nil || !errors.As(err, &pe) || pe.Code != "23505" {
 			return err
@@ -599,7 +587,7 @@ func (t *Telemetry) writePoints(ctx context.Context, tx pgx.Tx, pts []pointRow) 
 	} else {
 		t.upsertLeft--
 	}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stageTable}, pointColumns, &pointSource{rows: pts}); err != nil {
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stageTable}, pointColumns, pointSource(pts)); err != nil {
 		return err
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO telemetry_points (series, ts, num, str)
@@ -644,27 +632,17 @@ func sortedKeys[K comparable](m map[K]struct{}, cmp func(a, b K) int) []K {
 	return out
 }
 
-// pointSource feeds pointRows to CopyFrom.
-type pointSource struct {
-	rows []pointRow
-	i    int
-	vals [4]any
+// pointSource feeds rows to CopyFrom as telemetry_points rows.
+func pointSource(rows []pointRow) pgx.CopyFromSource {
+	var vals [4]any // reused: CopyFrom encodes a row before asking for the next
+	return pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+		r := &rows[i]
+		vals[0], vals[1] = r.series, r.ts
+		if r.v.Kind == payload.String {
+			vals[2], vals[3] = nil, []byte(r.v.Str)
+		} else {
+			vals[2], vals[3] = r.v.Num, nil
+		}
+		return vals[:], nil
+	})
 }
-
-func (s *pointSource) Next() bool {
-	s.i++
-	return s.i <= len(s.rows)
-}
-
-func (s *pointSource) Values() ([]any, error) {
-	r := &s.rows[s.i-1]
-	s.vals[0], s.vals[1] = r.series, r.ts
-	if r.v.Kind == payload.String {
-		s.vals[2], s.vals[3] = nil, []byte(r.v.Str)
-	} else {
-		s.vals[2], s.vals[3] = r.v.Num, nil
-	}
-	return s.vals[:], nil
-}
-
-func (s *pointSource) Err() error { return nil }
