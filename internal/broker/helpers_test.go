@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 	"github.com/fieldhub/fieldhub/internal/store"
 	"github.com/fieldhub/fieldhub/payload"
 )
@@ -398,17 +399,7 @@ func (vc *v5client) publish(t *testing.T, topicName string, qos byte, body strin
 
 func (vc *v5client) subscribe(t *testing.T, filters ...string) []byte {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	var subs []paho.SubscribeOptions
-	for _, f := range filters {
-		subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 1})
-	}
-	sa, err := vc.c.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs})
-	if sa == nil {
-		t.Fatalf("subscribe %v: %v", filters, err)
-	}
-	return sa.Reasons
+	return fhtest.Subscribe(t, vc.c, testTimeout, filters...)
 }
 
 func (vc *v5client) waitDisconnected(t *testing.T) {
