@@ -58,6 +58,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./topic
 	$(GO) test -run '^$$' -fuzz FuzzAppendPoint -fuzztime $(FUZZTIME) ./internal/influx
 	$(GO) test -run '^$$' -fuzz FuzzHandler -fuzztime $(FUZZTIME) ./internal/brokerauth
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./internal/telquery
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./payload ./internal/tsdb

@@ -68,3 +68,22 @@ func TestNext(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDecode: no string makes Decode panic, and what it accepts encodes
+// to a cursor that decodes to the same position.
+func FuzzDecode(f *testing.F) {
+	f.Add(Cursor{Metric: "temperature", TS: 1700000000000000000}.Encode())
+	f.Add(Cursor{}.Encode())
+	f.Add("")
+	f.Add("AQ")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := Decode(s, errTest)
+		if err != nil {
+			return
+		}
+		again, err := Decode(c.Encode(), errTest)
+		if err != nil || again != c {
+			t.Fatalf("Decode(Encode(%+v)) = %+v, %v", c, again, err)
+		}
+	})
+}
