@@ -1733,8 +1733,11 @@ func TestServerProcessPublishACLCheckDeny(t *testing.T) {
 				require.Equal(t, tx.expectReponse, buf)
 			}
 
-			require.Equal(t, tx.expectDisconnect, cl.Closed())
+			// fieldhub: checked once processPublish has returned; the
+			// reader above can see the pipe closed before Stop cancels
+			// the client's context (flaky under -race upstream too).
 			wg.Wait()
+			require.Equal(t, tx.expectDisconnect, cl.Closed())
 		})
 	}
 }
