@@ -92,8 +92,16 @@ func NewTLSConn(c *Conn, cfg *tls.Config) *TLSConn {
 // SetIdleRead sets whether reads may end with an idle error.
 func (t *TLSConn) SetIdleRead(on bool) { t.raw.SetIdleRead(on) }
 
-// Park parks the underlying connection; see Conn.Park.
-func (t *TLSConn) Park(err error, resume func()) bool { return t.raw.Park(err, resume) }
+// Park parks the underlying connection; see Conn.Park. The tls.Conn's
+// input buffers are released first when they hold nothing (a record cut
+// by the pause stays buffered).
+func (t *TLSConn) Park(err error, resume func()) bool {
+	if !IsIdle(err) {
+		return false
+	}
+	releaseTLSBuffers(t.Conn)
+	return t.raw.Park(err, resume)
+}
 
 // SetIdleRead sets whether reads may end with an idle error once nothing
 // has arrived for the poller's idle period (and the read deadline, if any,

@@ -22,12 +22,20 @@ const idle = 20 * time.Millisecond
 // idle mode, park on the idle error, resume on a new goroutine; it echoes
 // each line and reports the error that ended the connection.
 type lineServer struct {
-	c     *Conn
+	c     parker
 	r     *bufio.Reader
 	ended chan error
 }
 
-func serveLines(c *Conn) *lineServer {
+// parker is what mochi's reader needs of a connection; Conn and TLSConn
+// have it.
+type parker interface {
+	net.Conn
+	SetIdleRead(on bool)
+	Park(err error, resume func()) bool
+}
+
+func serveLines(c parker) *lineServer {
 	s := &lineServer{c: c, r: bufio.NewReader(c), ended: make(chan error, 1)}
 	go s.run()
 	return s

@@ -1,0 +1,132 @@
+//go:build linux
+
+package idleconn
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/fieldhub/fieldhub/internal/fhtest"
+)
+
+// TestTLSBuffersFound fails when a Go release renames or retypes the
+// tls.Conn fields releaseTLSBuffers empties: parked TLS connections would
+// silently keep their buffers again.
+func TestTLSBuffersFound(t *testing.T) {
+	if len(tlsBuffers) != 2 {
+		t.Fatalf("crypto/tls.Conn's rawInput and hand buffers not found (offsets %v): update tlsbuf.go for this Go release", tlsBuffers)
+	}
+}
+
+// bufCaps returns the capacities of c's input buffers.
+func bufCaps(c *tls.Conn) []int {
+	var caps []int
+	for _, off := range tlsBuffers {
+		caps = append(caps, (*bytes.Buffer)(unsafe.Add(unsafe.Pointer(c), off)).Cap())
+	}
+	return caps
+}
+
+// parkedCaps returns the capacities of c's input buffers if c is parked,
+// else nil. c.mu orders the read between the park and the resume.
+func parkedCaps(c *TLSConn) []int {
+	c.raw.mu.Lock()
+	defer c.raw.mu.Unlock()
+	if !c.raw.parked {
+		return nil
+	}
+	return bufCaps(c.Conn)
+}
+
+// A parked TLS connection holds no input buffers, keeps a record cut by
+// the pause, and reads on after each park.
+func TestTLSParkReleasesBuffers(t *testing.T) {
+	p := newPoller(t)
+	cli, c := pair(t, p)
+	tc := NewTLSConn(c, &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}})
+	split := &splitConn{Conn: cli}
+	tcli := tls.Client(split, &tls.Config{InsecureSkipVerify: true})
+	_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
+	hs := make(chan error, 1)
+	go func() { hs <- tcli.Handshake() }()
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-hs; err != nil {
+		t.Fatal(err)
+	}
+	if caps := bufCaps(tc.Conn); caps[0] == 0 {
+		t.Fatalf("buffer capacities after the handshake %v: the test no longer sees what it releases", caps)
+	}
+	_ = tc.SetDeadline(time.Time{})
+	serveLines(tc)
+	r := bufio.NewReader(tcli)
+	for i := range 3 {
+		var caps []int
+		fhtest.Eventually(t, 5*time.Second, "parked", func() bool { caps = parkedCaps(tc); return caps != nil })
+		if caps[0] != 0 || caps[1] != 0 {
+			t.Fatalf("parked with buffer capacities %v; want none", caps)
+		}
+		echo(t, tcli, r, fmt.Sprint("line ", i))
+	}
+	// One record whose second half arrives after the server parked.
+	fhtest.Eventually(t, 5*time.Second, "parked", func() bool { return p.Parked() == 1 })
+	split.pause.Store(int64(10 * idle))
+	echo(t, tcli, r, "a record cut in two by a park")
+	if readable, _, _ := p.Resumes(); readable < 5 {
+		t.Errorf("readable resumes %d; want ≥ 5 (each line after a park, the cut record twice)", readable)
+	}
+}
+
+// splitConn writes one Write in two halves, pause apart, when pause is set.
+type splitConn struct {
+	net.Conn
+	pause atomic.Int64 // nanoseconds
+}
+
+func (s *splitConn) Write(b []byte) (int, error) {
+	d := time.Duration(s.pause.Swap(0))
+	if d == 0 || len(b) < 2 {
+		return s.Conn.Write(b)
+	}
+	n, err := s.Conn.Write(b[:len(b)/2])
+	if err != nil {
+		return n, err
+	}
+	time.Sleep(d)
+	m, err := s.Conn.Write(b[len(b)/2:])
+	return n + m, err
+}
+
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "idleconn test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		DNSNames:     []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
