@@ -515,8 +515,11 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 			closeClients:   b.closeListenerClients,
 			poller:         b.poller.Load(),
 		}
-		if a.name == ListenerTLS || a.name == ListenerWSS {
-			l.tlsCfg = b.tlsCfg
+		switch a.name {
+		case ListenerTLS:
+			l.tlsCfg, l.refused = b.tlsCfg, b.logRefusal
+		case ListenerWSS:
+			l.tlsCfg = b.wsTLSConfig(b.tlsCfg)
 		}
 		if a.name == ListenerWS || a.name == ListenerWSS {
 			l.initWS()

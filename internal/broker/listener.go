@@ -26,9 +26,12 @@ const WSPath = "/mqtt"
 // packet, and logs per-connection failures at debug level only (refusals
 // are counted and logged, rate-limited, by the hooks).
 type listener struct {
-	id             string
-	ln             net.Listener
-	tlsCfg         *tls.Config // nil for plain listeners
+	id     string
+	ln     net.Listener
+	tlsCfg *tls.Config // nil for plain listeners
+	// refused logs a connection's error if its handshake refused a client
+	// certificate (Broker.logRefusal); nil where the config logs it.
+	refused        func(err error, remote string)
 	connectTimeout time.Duration
 	log            *slog.Logger
 	httpSrv        *http.Server // WebSocket listeners only
@@ -109,6 +112,9 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 // run serves one connection in mochi until it ends.
 func (l *listener) run(conn net.Conn) {
 	if err := l.establish(l.id, conn); err != nil {
+		if l.refused != nil {
+			l.refused(err, conn.RemoteAddr().String())
+		}
 		l.log.Debug("connection ended", "remote", conn.RemoteAddr().String(), "error", err)
 	}
 }

@@ -28,6 +28,9 @@ func TestIdleConnectionRSS(t *testing.T) {
 	if n <= 0 {
 		t.Skip("set FIELDHUB_MEASURE_RSS=<connections> to measure")
 	}
+	if os.Getenv("FIELDHUB_RSS_HEAP_PROFILE") != "" {
+		runtime.MemProfileRate = 1 // every allocation, for an exact breakdown
+	}
 	p := newTestPKI(t, "rss CA")
 	for _, kind := range []string{"tcp", "tls"} {
 		t.Run(kind, func(t *testing.T) {
@@ -73,7 +76,7 @@ func TestIdleConnectionRSS(t *testing.T) {
 			after := rssBytes(t)
 			runtime.ReadMemStats(&m1)
 			t.Logf("per connection: heap in use %.1f KiB, stacks %.1f KiB",
-				float64(m1.HeapInuse-m0.HeapInuse)/float64(n)/1024, float64(m1.StackInuse-m0.StackInuse)/float64(n)/1024)
+				(float64(m1.HeapInuse)-float64(m0.HeapInuse))/float64(n)/1024, (float64(m1.StackInuse)-float64(m0.StackInuse))/float64(n)/1024)
 			if f := os.Getenv("FIELDHUB_RSS_HEAP_PROFILE"); f != "" {
 				if out, err := os.Create(f + "." + kind); err == nil {
 					_ = pprof.Lookup("heap").WriteTo(out, 0)

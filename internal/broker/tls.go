@@ -16,24 +16,62 @@ const (
 	ReasonTLSRejected       = "tls_rejected" // VerifyClient refused without a RefusalReason
 )
 
-// serverTLSConfig derives the listeners' TLS config from cfg.TLS: it
+// serverTLSConfig derives the TLS listener's config from cfg.TLS: it
 // requests a client certificate without requiring one (password clients
 // connect over TLS without one) and verifies a presented certificate itself
 // in VerifyConnection, so that each refusal is counted by reason. ClientCAs
 // is kept so that the handshake names the acceptable CAs to the client.
+// VerifyConnection does not know the remote address, so the listener logs a
+// refusal when the handshake fails (logRefusal); that way one config serves
+// every connection rather than a clone each (about 0.5 KiB a connection).
 func (b *Broker) serverTLSConfig() *tls.Config {
 	base := b.cfg.TLS.Clone()
-	base.ClientAuth = tls.RequestClientCert
-	base.ClientCAs = b.cfg.ClientCAs
-	if base.MinVersion < tls.VersionTLS12 {
-		base.MinVersion = tls.VersionTLS12
+	b.verifyClients(base)
+	if get := base.GetConfigForClient; get != nil {
+		base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := get(hello)
+			if err != nil || c == nil {
+				return c, err
+			}
+			c = c.Clone()
+			c.GetConfigForClient = nil
+			b.verifyClients(c)
+			return c, nil
+		}
 	}
-	userVerify := base.VerifyConnection
-	userGetConfig := base.GetConfigForClient
-	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	return base
+}
+
+// verifyClients makes c request client certificates and verify them with
+// verifyClientCert ahead of c's own VerifyConnection.
+func (b *Broker) verifyClients(c *tls.Config) {
+	c.ClientAuth = tls.RequestClientCert
+	c.ClientCAs = b.cfg.ClientCAs
+	if c.MinVersion < tls.VersionTLS12 {
+		c.MinVersion = tls.VersionTLS12
+	}
+	user := c.VerifyConnection
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if err := b.verifyClientCert(cs); err != nil {
+			return err
+		}
+		if user != nil {
+			return user(cs)
+		}
+		return nil
+	}
+}
+
+// wsTLSConfig is the WSS listener's config. net/http runs those handshakes
+// and only logs their errors, so each connection gets a config of its own
+// that logs a refusal with the remote address. WebSocket connections never
+// park and cost far more than the clone.
+func (b *Broker) wsTLSConfig(base *tls.Config) *tls.Config {
+	ws := base.Clone()
+	ws.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		tmpl := base
-		if userGetConfig != nil {
-			c, err := userGetConfig(hello)
+		if base.GetConfigForClient != nil {
+			c, err := base.GetConfigForClient(hello)
 			if err != nil {
 				return nil, err
 			}
@@ -43,30 +81,35 @@ func (b *Broker) serverTLSConfig() *tls.Config {
 		}
 		c := tmpl.Clone()
 		c.GetConfigForClient = nil
-		c.ClientAuth = tls.RequestClientCert
-		c.ClientCAs = b.cfg.ClientCAs
 		remote := ""
 		if hello.Conn != nil {
 			remote = hello.Conn.RemoteAddr().String()
 		}
+		verify := c.VerifyConnection
 		c.VerifyConnection = func(cs tls.ConnectionState) error {
-			if err := b.verifyClientCert(cs, remote); err != nil {
-				return err
-			}
-			if userVerify != nil {
-				return userVerify(cs)
-			}
-			return nil
+			err := verify(cs)
+			b.logRefusal(err, remote)
+			return err
 		}
 		return c, nil
 	}
-	return base
+	return ws
 }
+
+// certRefusal is the handshake error of a refused client certificate.
+type certRefusal struct {
+	reason          string
+	subject, serial string
+	err             error
+}
+
+func (e *certRefusal) Error() string { return e.err.Error() }
+func (e *certRefusal) Unwrap() error { return e.err }
 
 // verifyClientCert verifies a presented client certificate against
 // ClientCAs for client authentication, then runs VerifyClient. It counts
-// and logs (rate-limited per remote address and reason) every refusal.
-func (b *Broker) verifyClientCert(cs tls.ConnectionState, remote string) error {
+// every refusal and returns it as a *certRefusal, which logRefusal logs.
+func (b *Broker) verifyClientCert(cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) == 0 {
 		return nil
 	}
@@ -75,12 +118,21 @@ func (b *Broker) verifyClientCert(cs tls.ConnectionState, remote string) error {
 		return nil
 	}
 	b.metrics.refusal(reason)
-	if b.limiter.allow("tls|" + reason + "|" + remoteHost(remote)) {
-		leaf := cs.PeerCertificates[0]
-		b.log.Warn("client certificate refused", "reason", reason, "remote", remote,
-			"subject", leaf.Subject.CommonName, "serial", leaf.SerialNumber.String(), "error", err)
+	leaf := cs.PeerCertificates[0]
+	return &certRefusal{reason: reason, subject: leaf.Subject.CommonName, serial: leaf.SerialNumber.String(), err: err}
+}
+
+// logRefusal logs err, a failed handshake from remote, if it refused a
+// client certificate; rate-limited per remote host and reason.
+func (b *Broker) logRefusal(err error, remote string) {
+	var r *certRefusal
+	if !errors.As(err, &r) {
+		return
 	}
-	return err
+	if b.limiter.allow("tls|" + r.reason + "|" + remoteHost(remote)) {
+		b.log.Warn("client certificate refused", "reason", r.reason, "remote", remote,
+			"subject", r.subject, "serial", r.serial, "error", r.err)
+	}
 }
 
 func (b *Broker) checkClientChain(certs []*x509.Certificate) (reason string, err error) {

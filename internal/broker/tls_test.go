@@ -1,13 +1,19 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.golang/paho"
+	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/fieldhub/fieldhub/topic"
@@ -103,4 +109,74 @@ func TestTLSWithoutClientCAs(t *testing.T) {
 	eventually(t, "refusal counted", func() bool {
 		return testutil.ToFloat64(e.b.metrics.refusals.WithLabelValues(ReasonTLSUnknownCA)) == 1
 	})
+}
+
+// logLines is a slog destination tests can read while the broker writes.
+type logLines struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// A refused client certificate is logged with the device's address, on
+// the TLS listener (one shared config; the listener logs the failed
+// handshake) and on the WSS listener (net/http handshakes; a config per
+// connection logs it).
+func TestTLSRefusalLogged(t *testing.T) {
+	p := newTestPKI(t, "log CA")
+	cfg := p.brokerConfig()
+	cfg.WSSAddr = "127.0.0.1:0"
+	logs := &logLines{}
+	e := startEnv(t, cfg, "ok", func(b *Broker) {
+		b.log = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	foreign := newTestPKI(t, "foreign CA")
+	// Different reasons: refusals are logged once per host and reason a while.
+	conn, err := tls.Dial("tcp", e.addr("tls"), p.clientTLS(foreign.clientCert(t, "dev-c")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsLocal := conn.LocalAddr().String()
+	if _, _, err := dialV5(t, conn, &paho.Connect{ClientID: "dev-c", CleanStart: true}); err == nil {
+		t.Fatal("connect succeeded")
+	}
+
+	var wssLocal string
+	d := websocket.Dialer{
+		TLSClientConfig: p.clientTLS(p.issue(t, "dev-c", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour), x509.ExtKeyUsageClientAuth)),
+		Subprotocols:    []string{"mqtt"},
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				wssLocal = c.LocalAddr().String()
+			}
+			return c, err
+		},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if ws, _, err := d.DialContext(ctx, "wss://"+e.addr("wss")+WSPath, nil); err == nil {
+		// TLS 1.3: the client may finish before the server refuses.
+		_, _, err = ws.ReadMessage()
+		ws.Close()
+		if err == nil {
+			t.Fatal("wss read succeeded with a refused certificate")
+		}
+	}
+	for _, want := range []string{"reason=tls_unknown_ca remote=" + tlsLocal + " ", "reason=tls_expired remote=" + wssLocal + " "} {
+		eventually(t, want+"logged", func() bool {
+			return strings.Contains(logs.String(), `msg="client certificate refused" `+want)
+		})
+	}
 }
