@@ -17,17 +17,17 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/fieldhub/fieldhub/internal/fhtest"
 )
 
-// TestTLSBuffersFound fails when a Go release renames or retypes the
-// tls.Conn fields releaseTLSBuffers empties: parked TLS connections would
-// silently keep their buffers again.
-func TestTLSBuffersFound(t *testing.T) {
-	if len(tlsBuffers) != 2 {
-		t.Fatalf("crypto/tls.Conn's rawInput and hand buffers not found (offsets %v): update tlsbuf.go for this Go release", tlsBuffers)
+// TestTLSFieldsFound fails when a Go release renames or retypes the
+// tls.Conn fields this package empties: idle TLS connections would
+// silently keep them again.
+func TestTLSFieldsFound(t *testing.T) {
+	if len(tlsBuffers) != 2 || len(tlsPeerCerts) != 1 || len(tlsChains) != 1 {
+		t.Fatalf("crypto/tls.Conn fields not found (buffers %v, peer certificates %v, chains %v): update tlsbuf.go for this Go release",
+			tlsBuffers, tlsPeerCerts, tlsChains)
 	}
 }
 
@@ -35,7 +35,7 @@ func TestTLSBuffersFound(t *testing.T) {
 func bufCaps(c *tls.Conn) []int {
 	var caps []int
 	for _, off := range tlsBuffers {
-		caps = append(caps, (*bytes.Buffer)(unsafe.Add(unsafe.Pointer(c), off)).Cap())
+		caps = append(caps, field[bytes.Buffer](c, off).Cap())
 	}
 	return caps
 }
