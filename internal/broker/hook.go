@@ -84,6 +84,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return h.refuse(cl, ReasonWillNotAuthorized, codeNotAuthorized, nil)
 		}
 		h.approved.Store(cl, struct{}{})
+		dropPeerCertificates(cl.Net.Conn)
 		return nil
 	}
 	username, password := string(pk.Connect.Username), pk.Connect.Password
@@ -117,6 +118,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	h.approved.Store(cl, struct{}{})
+	dropPeerCertificates(cl.Net.Conn)
 	return nil
 }
 

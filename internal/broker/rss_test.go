@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"os/exec"
 	"runtime"
 	"runtime/debug"
@@ -32,7 +35,21 @@ func TestIdleConnectionRSS(t *testing.T) {
 		runtime.MemProfileRate = 1 // every allocation, for an exact breakdown
 	}
 	p := newTestPKI(t, "rss CA")
-	for _, kind := range []string{"tcp", "tls"} {
+	// mtls: TLS with a client certificate (each connection keeps its
+	// parsed copy); the helper gets the certificate as PEM files.
+	cert := p.clientCert(t, "rss-device")
+	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(t.TempDir(), "cert.pem"), filepath.Join(t.TempDir(), "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"tcp", "tls", "mtls"} {
 		t.Run(kind, func(t *testing.T) {
 			cfg := p.brokerConfig()
 			cfg.TCPAddr = "127.0.0.1:0"
@@ -45,7 +62,7 @@ func TestIdleConnectionRSS(t *testing.T) {
 			runtime.ReadMemStats(&m0)
 
 			cmd := exec.Command(os.Args[0], "-test.run=^TestRSSClientHelper$", "-test.timeout=120s")
-			cmd.Env = append(os.Environ(), fmt.Sprintf("FIELDHUB_RSS_CLIENT=%s,%s,%d", kind, e.addr(kind), n))
+			cmd.Env = append(os.Environ(), fmt.Sprintf("FIELDHUB_RSS_CLIENT=%s,%s,%d,%s,%s", kind, e.addr(strings.TrimPrefix(kind, "m")), n, certFile, keyFile))
 			stdin, _ := cmd.StdinPipe()
 			stdout, _ := cmd.StdoutPipe()
 			cmd.Stderr = os.Stderr
@@ -103,8 +120,15 @@ func TestRSSClientHelper(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dial %d: %v", i, err)
 		}
-		if parts[0] == "tls" {
+		switch parts[0] {
+		case "tls":
 			c = tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+		case "mtls":
+			cert, err := tls.LoadX509KeyPair(parts[3], parts[4])
+			if err != nil {
+				t.Fatal(err)
+			}
+			c = tls.Client(c, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}})
 		}
 		pk := packets.Packet{
 			FixedHeader:     packets.FixedHeader{Type: packets.Connect},

@@ -55,6 +55,17 @@ func TestTLSClientCertificates(t *testing.T) {
 	if certs := e.auth.seenCerts("dev-a"); len(certs) == 0 || certs[0].Subject.CommonName != "dev-a" {
 		t.Fatalf("Authenticate got peer certs %v; want dev-a's", certs)
 	}
+	// Once CONNECT was authenticated the broker let the certificate go.
+	// (Ingest ran after OnConnect on the client's reader: reading the
+	// ingested messages orders this read after the drop.)
+	if len(e.ing.messages()) == 0 {
+		t.Fatal("publish not ingested")
+	}
+	if cl, ok := e.b.server.Clients.Get("dev-a"); !ok {
+		t.Fatal("dev-a not connected")
+	} else if cs := cl.Net.Conn.(interface{ ConnectionState() tls.ConnectionState }).ConnectionState(); len(cs.PeerCertificates) != 0 {
+		t.Errorf("the connection still holds %d peer certificates after CONNECT", len(cs.PeerCertificates))
+	}
 
 	// A password client over TLS without a certificate (mosquitto_pub --cafile … -u -P).
 	if _, err := dialV3(t, "ssl://"+addr, "dev-b", "dev-b", "pw-b", p.clientTLS()); err != nil {
