@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -150,16 +151,25 @@ func BenchmarkTelemetryQoS1(b *testing.B) {
 // round trips between its messages — longer than IdleAfter (1 ms) in the
 // "parked" case, which therefore wakes a parked connection per message and
 // parks it again; "goroutine" keeps a reader per connection (IdleAfter < 0).
+// The -tls cases do the same over TLS, where a parked connection also
+// drops crypto/tls's input buffers and allocates them again on waking.
 // Besides ns/op it reports the process's CPU per message (client included:
 // compare the two cases).
 func BenchmarkIdleWake(b *testing.B) {
+	p := newTestPKI(b, "wake CA")
 	for _, c := range []struct {
 		name string
 		idle time.Duration
-	}{{"parked", time.Millisecond}, {"goroutine", -1}} {
+		tls  bool
+	}{{"parked", time.Millisecond, false}, {"goroutine", -1, false}, {"parked-tls", time.Millisecond, true}, {"goroutine-tls", -1, true}} {
 		b.Run(c.name, func(b *testing.B) {
 			const conns = 200
-			br, err := New(Config{TCPAddr: "127.0.0.1:0", OpenPolicy: true, IdleAfter: c.idle, Logger: testLogger()}, nil, nopIngester{}, nil)
+			cfg := Config{TCPAddr: "127.0.0.1:0", OpenPolicy: true, IdleAfter: c.idle, Logger: testLogger()}
+			listener := "tcp"
+			if c.tls {
+				cfg.TLSAddr, cfg.TLS, listener = "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{p.server}}, "tls"
+			}
+			br, err := New(cfg, nil, nopIngester{}, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -177,9 +187,12 @@ func BenchmarkIdleWake(b *testing.B) {
 			}
 			cs := make([]client, conns)
 			for i := range cs {
-				conn, err := net.Dial("tcp", br.Addr("tcp").String())
+				conn, err := net.Dial("tcp", br.Addr(listener).String())
 				if err != nil {
 					b.Fatal(err)
+				}
+				if c.tls {
+					conn = tls.Client(conn, p.clientTLS())
 				}
 				defer conn.Close()
 				var buf bytes.Buffer

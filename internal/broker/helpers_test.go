@@ -577,7 +577,7 @@ type testPKI struct {
 	rootsMu sync.Mutex
 }
 
-func newTestPKI(t *testing.T, name string) *testPKI {
+func newTestPKI(t testing.TB, name string) *testPKI {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -607,7 +607,7 @@ func newTestPKI(t *testing.T, name string) *testPKI {
 }
 
 // issue signs a leaf certificate for cn.
-func (p *testPKI) issue(t *testing.T, cn string, notBefore, notAfter time.Time, eku ...x509.ExtKeyUsage) tls.Certificate {
+func (p *testPKI) issue(t testing.TB, cn string, notBefore, notAfter time.Time, eku ...x509.ExtKeyUsage) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
