@@ -260,14 +260,14 @@ func benchConnectionsCmd(stdout, stderr io.Writer) *cobra.Command {
 	var (
 		conns, concurrency int
 		settle             time.Duration
-		withTLS, bare      bool
+		withTLS, mtls, bare bool
 	)
 	cmd := &cobra.Command{
 		Use:   "connections",
 		Short: "Idle connections one hub holds: RSS per connection and connects/s (plain TCP and TLS)",
 		Long: `Starts a hub in its own process (open policy, loopback) and opens --conns idle MQTT
-connections to it over plain TCP, then over TLS (--tls), reporting the hub's RSS growth per connection
-and the connect rate. A process here is capped near 20,000 descriptors, so measure at 10,000 and project.`,
+connections to it over plain TCP, then over TLS (--tls), then over TLS with a client certificate
+(--mtls), reporting the hub's RSS growth per connection and the connect rate. A process here is capped near 20,000 descriptors, so measure at 10,000 and project.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -281,6 +281,9 @@ and the connect rate. A process here is capped near 20,000 descriptors, so measu
 			kinds := []string{"tcp"}
 			if withTLS {
 				kinds = append(kinds, "tls")
+			}
+			if mtls {
+				kinds = append(kinds, "mtls")
 			}
 			// Each kind gets a fresh hub process, so that one measurement's
 			// memory is not counted in the next.
@@ -308,7 +311,8 @@ and the connect rate. A process here is capped near 20,000 descriptors, so measu
 	f.IntVar(&conns, "conns", 10000, "idle connections to open")
 	f.IntVar(&concurrency, "concurrency", 64, "connects in flight")
 	f.DurationVar(&settle, "settle", 3*time.Second, "wait before reading RSS")
-	f.BoolVar(&withTLS, "tls", true, "also measure TLS connections")
+	f.BoolVar(&withTLS, "tls", true, "also measure TLS connections (server certificate only)")
+	f.BoolVar(&mtls, "mtls", true, "also measure TLS connections with a client certificate (one device's, for all)")
 	f.BoolVar(&bare, "baseline", true, "also measure the bare mochi-mqtt broker (fieldhub's copy; its own listener, so connections never park)")
 	return cmd
 }
@@ -335,7 +339,8 @@ func benchHubConnections(ctx context.Context, kind string, conns, concurrency in
 	ka := uint16(min(max(2*settle/time.Second, 300), 65535))
 	cfg := bench.ConnConfig{Addr: mqttAddr, Conns: conns, Concurrency: concurrency, Settle: settle, ServerPID: p.PID, Keepalive: ka}
 	label := "hub, plain TCP"
-	if kind == "tls" {
+	api := hub.api()
+	if kind != "tcp" {
 		pem, err := os.ReadFile(filepath.Join(dir, "data", "ca.pem"))
 		if err != nil {
 			return err
@@ -344,7 +349,22 @@ func benchHubConnections(ctx context.Context, kind string, conns, concurrency in
 		pool.AppendCertsFromPEM(pem)
 		cfg.Addr, cfg.TLS, label = mqttsAddr, &tls.Config{RootCAs: pool, ServerName: "localhost"}, "hub, TLS"
 	}
-	api := hub.api()
+	if kind == "mtls" {
+		// Every connection presents the same device certificate (the hub
+		// runs an open policy); each still parses and verifies its own copy.
+		var d deviceJSON
+		if err := api.do(ctx, "POST", "/api/v1/devices", map[string]any{"id": "bench-mtls", "auth": "certificate"}, &d); err != nil {
+			return fmt.Errorf("registering the certificate device: %w", err)
+		}
+		if d.Credentials == nil {
+			return errors.New("registering the certificate device: no credentials in the answer")
+		}
+		cert, err := tls.X509KeyPair([]byte(d.Credentials.Certificate), []byte(d.Credentials.PrivateKey))
+		if err != nil {
+			return fmt.Errorf("the certificate device's credentials: %w", err)
+		}
+		cfg.TLS.Certificates, label = []tls.Certificate{cert}, "hub, TLS + client cert"
+	}
 	before, err := scrapeMem(ctx, api)
 	if err != nil {
 		return err
