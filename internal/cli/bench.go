@@ -258,8 +258,8 @@ func scrapeCounter(ctx context.Context, c *apiClient, name, labels string) (floa
 
 func benchConnectionsCmd(stdout, stderr io.Writer) *cobra.Command {
 	var (
-		conns, concurrency int
-		settle             time.Duration
+		conns, concurrency  int
+		settle              time.Duration
 		withTLS, mtls, bare bool
 	)
 	cmd := &cobra.Command{
