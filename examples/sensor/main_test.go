@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,7 +53,7 @@ func TestSensor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &fhtest.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	opts.cfg.Logger = log
 	runCtx, stop := context.WithCancel(ctx)
@@ -111,22 +109,4 @@ func TestSensor(t *testing.T) {
 		api("GET", "/api/v1/devices/sensor-1", nil, &d)
 		return d.Online && strings.Count(logs.String(), "msg=connected") >= 2
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 	"github.com/fieldhub/fieldhub/topic"
 )
 
@@ -122,24 +122,6 @@ func TestTLSWithoutClientCAs(t *testing.T) {
 	})
 }
 
-// logLines is a slog destination tests can read while the broker writes.
-type logLines struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logLines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // A refused client certificate is logged with the device's address, on
 // the TLS listener (one shared config; the listener logs the failed
 // handshake) and on the WSS listener (net/http handshakes; a config per
@@ -148,7 +130,7 @@ func TestTLSRefusalLogged(t *testing.T) {
 	p := newTestPKI(t, "log CA")
 	cfg := p.brokerConfig()
 	cfg.WSSAddr = "127.0.0.1:0"
-	logs := &logLines{}
+	logs := &fhtest.Buffer{}
 	e := startEnv(t, cfg, "ok", func(b *Broker) {
 		b.log = slog.New(slog.NewTextHandler(logs, nil))
 	})

@@ -7,29 +7,11 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/fieldhub/fieldhub/internal/fhtest"
 )
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf = append(b.buf, p...)
-	return len(p), nil
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(b.buf)
-}
 
 // TestDemoShowsData runs `fieldhub demo` and reads the simulated devices'
 // telemetry back through the API it prints, as a newcomer would.
@@ -38,7 +20,7 @@ func TestDemoShowsData(t *testing.T) {
 	t.Setenv("FIELDHUB_MASTER_KEY_FILE", filepath.Join(dir, "master.key"))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb fhtest.Buffer
 	done := make(chan int)
 	go func() {
 		done <- Main(ctx, []string{"demo", "--data", filepath.Join(dir, "demo"), "--http-addr", "127.0.0.1:0",

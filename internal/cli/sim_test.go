@@ -88,14 +88,14 @@ func (h testHub) latestMetrics(t *testing.T, id string) map[string]float64 {
 
 // runSimMain runs `fieldhub sim args…` in the background; the channel
 // gets its exit code.
-func runSimMain(ctx context.Context, args ...string) (*syncBuffer, *syncBuffer, <-chan int) {
-	var out, errb syncBuffer
+func runSimMain(ctx context.Context, args ...string) (*fhtest.Buffer, *fhtest.Buffer, <-chan int) {
+	var out, errb fhtest.Buffer
 	done := make(chan int, 1)
 	go func() { done <- Main(ctx, append([]string{"sim"}, args...), &out, &errb) }()
 	return &out, &errb, done
 }
 
-func waitExit(t *testing.T, done <-chan int, out, errb *syncBuffer) {
+func waitExit(t *testing.T, done <-chan int, out, errb *fhtest.Buffer) {
 	t.Helper()
 	select {
 	case code := <-done:

@@ -1,11 +1,9 @@
 package fhtest
 
 import (
-	"bytes"
 	"net/http"
 	"os"
 	"os/exec"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,24 +16,15 @@ type Serve struct {
 	Env      []string // added to this process's environment
 
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
+	out  Buffer
 	done chan struct{}
 }
 
 // Write collects the process's output (stdout and stderr).
-func (p *Serve) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
+func (p *Serve) Write(b []byte) (int, error) { return p.out.Write(b) }
 
 // Output returns what the process has written so far.
-func (p *Serve) Output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
+func (p *Serve) Output() string { return p.out.String() }
 
 // Start starts the process (the binary from Binary) without waiting for
 // it; it is killed at the end of the test if still running. Start again
