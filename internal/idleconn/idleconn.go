@@ -27,7 +27,6 @@ package idleconn
 import (
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -150,30 +149,6 @@ func (c *Conn) Read(b []byte) (int, error) {
 		return 0, errIdle
 	}
 	return n, err
-}
-
-// readNow reads what has arrived without waiting; wouldBlock reports that
-// nothing had.
-func (c *Conn) readNow(b []byte) (n int, wouldBlock bool, err error) {
-	rerr := c.raw.Read(func(fd uintptr) bool {
-		for {
-			n, err = syscall.Read(int(fd), b)
-			if err != syscall.EINTR {
-				return true
-			}
-		}
-	})
-	switch {
-	case rerr != nil:
-		return 0, false, rerr
-	case err == syscall.EAGAIN:
-		return 0, true, nil
-	case err != nil:
-		return 0, false, os.NewSyscallError("read", err)
-	case n == 0 && len(b) > 0:
-		return 0, false, io.EOF
-	}
-	return n, false, nil
 }
 
 // restoreDeadline puts back the user's read deadline after idle reads.

@@ -3,7 +3,9 @@ package idleconn
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -240,4 +242,28 @@ func (p *Poller) worker(resume func()) {
 			return
 		}
 	}
+}
+
+// readNow reads what has arrived without waiting; wouldBlock reports that
+// nothing had.
+func (c *Conn) readNow(b []byte) (n int, wouldBlock bool, err error) {
+	rerr := c.raw.Read(func(fd uintptr) bool {
+		for {
+			n, err = unix.Read(int(fd), b)
+			if err != unix.EINTR {
+				return true
+			}
+		}
+	})
+	switch {
+	case rerr != nil:
+		return 0, false, rerr
+	case err == unix.EAGAIN:
+		return 0, true, nil
+	case err != nil:
+		return 0, false, os.NewSyscallError("read", err)
+	case n == 0 && len(b) > 0:
+		return 0, false, io.EOF
+	}
+	return n, false, nil
 }

@@ -32,3 +32,6 @@ func (p *Poller) park(*Conn, func()) bool { return false }
 func (p *Poller) unparked(*Conn, cause)   {}
 func (p *Poller) forget(*Conn)            {}
 func (p *Poller) dispatch(f func())       { go f() }
+
+// readNow is never reached: without a Poller no Conn exists.
+func (c *Conn) readNow([]byte) (int, bool, error) { return 0, true, nil }
