@@ -264,10 +264,11 @@ func benchConnectionsCmd(stdout, stderr io.Writer) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "connections",
-		Short: "Idle connections one hub holds: RSS per connection and connects/s (plain TCP and TLS)",
+		Short: "Idle connections one hub holds: RSS per connection and connects/s (plain TCP, TLS, TLS with client certificates)",
 		Long: `Starts a hub in its own process (open policy, loopback) and opens --conns idle MQTT
 connections to it over plain TCP, then over TLS (--tls), then over TLS with a client certificate
-(--mtls), reporting the hub's RSS growth per connection and the connect rate. A process here is capped near 20,000 descriptors, so measure at 10,000 and project.`,
+(--mtls), reporting the hub's RSS growth per connection and the connect rate. A process here is
+capped near 20,000 descriptors, so measure at 10,000 and project.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
