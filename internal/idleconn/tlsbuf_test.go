@@ -5,14 +5,9 @@ package idleconn
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
-	"math/big"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -56,7 +51,12 @@ func parkedCaps(c *TLSConn) []int {
 func TestTLSParkReleasesBuffers(t *testing.T) {
 	p := newPoller(t)
 	cli, c := pair(t, p)
-	tc := NewTLSConn(c, &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}})
+	_, ca := fhtest.CA(t)
+	cert, err := ca.ServerCertificate(context.Background(), []string{"localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := NewTLSConn(c, &tls.Config{Certificates: []tls.Certificate{cert}})
 	split := &splitConn{Conn: cli}
 	tcli := tls.Client(split, &tls.Config{InsecureSkipVerify: true})
 	_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
@@ -109,24 +109,4 @@ func (s *splitConn) Write(b []byte) (int, error) {
 	time.Sleep(d)
 	m, err := s.Conn.Write(b[len(b)/2:])
 	return n + m, err
-}
-
-func selfSigned(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "idleconn test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
