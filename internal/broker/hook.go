@@ -84,7 +84,6 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return h.refuse(cl, ReasonWillNotAuthorized, codeNotAuthorized, nil)
 		}
 		h.approved.Store(cl, struct{}{})
-		dropPeerCertificates(cl.Net.Conn)
 		return nil
 	}
 	username, password := string(pk.Connect.Username), pk.Connect.Password
@@ -118,7 +117,6 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	h.approved.Store(cl, struct{}{})
-	dropPeerCertificates(cl.Net.Conn)
 	return nil
 }
 
@@ -183,8 +181,12 @@ func refusalReason(err error) string {
 }
 
 // OnConnectAuthenticate accepts exactly the clients OnConnect approved.
+// Their client certificate has served its purpose then.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	_, ok := h.approved.LoadAndDelete(cl)
+	if ok {
+		dropPeerCertificates(cl.Net.Conn)
+	}
 	return ok
 }
 
