@@ -513,11 +513,12 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 			closed:         make(chan struct{}),
 			served:         make(chan struct{}),
 			closeClients:   b.closeListenerClients,
+			refused:        b.logRefusal,
 			poller:         b.poller.Load(),
 		}
 		switch a.name {
 		case ListenerTLS:
-			l.tlsCfg, l.refused = b.tlsCfg, b.logRefusal
+			l.tlsCfg = b.tlsCfg
 		case ListenerWSS:
 			l.tlsCfg = b.wsTLSConfig(b.tlsCfg)
 		}

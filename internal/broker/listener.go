@@ -30,7 +30,8 @@ type listener struct {
 	ln     net.Listener
 	tlsCfg *tls.Config // nil for plain listeners
 	// refused logs a connection's error if its handshake refused a client
-	// certificate (Broker.logRefusal); nil where the config logs it.
+	// certificate (Broker.logRefusal). WSS handshakes never end here:
+	// net/http runs them, and wsTLSConfig logs their refusals.
 	refused        func(err error, remote string)
 	connectTimeout time.Duration
 	log            *slog.Logger
@@ -112,9 +113,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 // run serves one connection in mochi until it ends.
 func (l *listener) run(conn net.Conn) {
 	if err := l.establish(l.id, conn); err != nil {
-		if l.refused != nil {
-			l.refused(err, conn.RemoteAddr().String())
-		}
+		l.refused(err, conn.RemoteAddr().String())
 		l.log.Debug("connection ended", "remote", conn.RemoteAddr().String(), "error", err)
 	}
 }
