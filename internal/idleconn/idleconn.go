@@ -95,10 +95,9 @@ func (t *TLSConn) SetIdleRead(on bool) { t.raw.SetIdleRead(on) }
 // input buffers are released first when they hold nothing (a record cut
 // by the pause stays buffered).
 func (t *TLSConn) Park(err error, resume func()) bool {
-	if !IsIdle(err) {
-		return false
+	if IsIdle(err) {
+		releaseTLSBuffers(t.Conn)
 	}
-	releaseTLSBuffers(t.Conn)
 	return t.raw.Park(err, resume)
 }
 
